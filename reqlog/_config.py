@@ -1,0 +1,509 @@
+"""configure(): the one place that builds the processor chain, the outputs and stdlib routing."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+
+import orjson
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+from reqlog import context
+from reqlog.output import Output, Sink, build_sinks
+from reqlog.processors import AddStaticFields, SlowRequests, StatusLevels, parse_level
+
+__all__ = ["configure", "get_logger", "is_configured"]
+
+Format = Literal["json", "console", "logfmt", "auto"]
+_FORMATS: Final = ("json", "console", "logfmt", "auto")
+
+#: The name of the logger that writes the access events.
+ACCESS_LOGGER = "reqlog.access"
+
+#: Loggers of servers that reqlog takes over: their handlers go, their records propagate to
+#: the root logger, where reqlog's handler renders them like every other event.
+SERVER_LOGGERS: Final = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "gunicorn",
+    "gunicorn.error",
+    "gunicorn.access",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What configure() decided; the middleware reads it once per request."""
+
+    level: int
+    format: str
+    service: str | None
+    status_levels: StatusLevels
+    slow: SlowRequests
+    stdlib: bool
+
+
+class _State:
+    """The live configuration. One object, its attributes swapped whole by configure()."""
+
+    def __init__(self) -> None:
+        self.output = Output([])
+        self.settings: Settings | None = None
+        self.handler: logging.Handler | None = None
+        self.lock = threading.RLock()
+
+
+_STATE = _State()
+
+#: The processor chain, shared by every reqlog and structlog logger. configure() replaces its
+#: contents in place, so loggers created before a reconfiguration follow it.
+_PROCESSORS: list[Processor] = []
+
+
+class _OutputLogger:
+    """The wrapped logger at the end of the chain: hands rendered lines to the output."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or "root"
+
+    def msg(self, line: bytes) -> None:
+        _STATE.output.write(line)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
+
+
+def _logger_factory(*args: Any) -> _OutputLogger:
+    return _OutputLogger(args[0] if args and isinstance(args[0], str) else None)
+
+
+class BoundLogger(structlog.BoundLoggerBase):
+    """reqlog's bound logger: structlog's filtering logger whose level configure() can change.
+
+    structlog's ``make_filtering_bound_logger`` bakes the level into a class chosen when a
+    logger is first used; reqlog copies that class's methods onto this one at every
+    configure(), so module-level loggers created before configure() follow the new level.
+    A failure anywhere in the chain is reported on stderr and never reaches the caller.
+    """
+
+    def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> Any:
+        try:
+            return super()._proxy_to_logger(method_name, event, **event_kw)
+        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+            _STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
+            return None
+
+
+def _apply_level(level: int) -> None:
+    template = structlog.make_filtering_bound_logger(level)
+    for name, value in vars(template).items():
+        if not name.startswith("__"):
+            setattr(BoundLogger, name, value)
+
+
+_apply_level(logging.INFO)
+
+
+def get_logger(name: str | None = None, **initial_values: Any) -> FilteringBoundLogger:
+    """A structlog logger that writes through reqlog's chain; ``name`` becomes ``logger``.
+
+    >>> log = get_logger(__name__)
+    >>> log.info("loading_item", item_id=42)  # carries request_id, client_ip, user_id...
+    """
+    if name is None:
+        name = sys._getframe(1).f_globals.get("__name__")
+    _ensure_configured()
+    return cast(FilteringBoundLogger, BoundLogger(_OutputLogger(name), _PROCESSORS, initial_values))
+
+
+def access_logger() -> FilteringBoundLogger:
+    return get_logger(ACCESS_LOGGER)
+
+
+def settings() -> Settings:
+    current = _STATE.settings
+    if current is None:
+        _ensure_configured()
+        current = _STATE.settings
+    assert current is not None
+    return current
+
+
+def current_output() -> Output:
+    return _STATE.output
+
+
+def is_configured() -> bool:
+    return _STATE.settings is not None
+
+
+def _ensure_configured() -> None:
+    # Loggers work before configure(): defaults, but leave the standard library alone until
+    # the application asks for it.
+    if _STATE.settings is None:
+        with _STATE.lock:
+            if _STATE.settings is None:
+                configure(stdlib=False)
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    return repr(obj)
+
+
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+
+
+class JSONRenderer:
+    """Processor: the event as one line of JSON (orjson), as bytes or text.
+
+    orjson escapes every control character, so CR, LF and ESC in a path or a message cannot
+    break the one-object-per-line promise. Values orjson cannot serialise become ``repr()``;
+    should serialisation still fail (integers past 64 bits, cycles), the event is written with
+    its values as strings rather than lost.
+    """
+
+    def __init__(self, *, as_text: bool = False) -> None:
+        self.as_text = as_text
+        self._option = _JSON_OPTIONS if as_text else _JSON_OPTIONS | orjson.OPT_APPEND_NEWLINE
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        try:
+            data = orjson.dumps(event_dict, default=_json_default, option=self._option)
+        except (TypeError, orjson.JSONEncodeError):
+            safe = {str(k): _stringify(v) for k, v in event_dict.items()}
+            data = orjson.dumps(safe, default=_json_default, option=self._option)
+        return data.decode() if self.as_text else data
+
+
+def _stringify(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | float):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    return repr(value)
+
+
+def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
+    return str(text).encode("utf-8", "replace") + b"\n"
+
+
+# C0 controls and DEL, shown escaped in text formats: no terminal escape sequences, no
+# forged lines. Tabs stay.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+
+
+class _EscapeControls:
+    """Processor for the text formats (console, logfmt): control characters as ``\\xNN``."""
+
+    def __init__(self, keep_newlines_in: Iterable[str] = ()) -> None:
+        self.keep = frozenset(keep_newlines_in)
+        self.table = dict(_CONTROL_ESCAPES)
+        self.multiline = {k: v for k, v in self.table.items() if k != 10}
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        for key, value in event_dict.items():
+            if isinstance(value, str):
+                table = self.multiline if key in self.keep else self.table
+                event_dict[key] = value.translate(table)
+        return event_dict
+
+
+# --- the chain ------------------------------------------------------------------------------
+
+
+class _Guarded:
+    """A user processor that cannot break logging: on error the event goes on without it."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+        self.name = getattr(processor, "__qualname__", None) or repr(processor)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        try:
+            return self.processor(logger, method_name, event_dict)
+        except structlog.DropEvent:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            _STATE.output.report(f"processor:{self.name}", f"processor {self.name} failed: {exc!r}")
+            return event_dict
+
+
+@dataclass(frozen=True)
+class _Chain:
+    head: list[Processor]  # adds what every event carries: context, logger, level, time
+    tail: list[Processor]  # user processors, exceptions, redaction, rendering
+
+
+def _build_chain(
+    *,
+    fmt: str,
+    colors: bool,
+    service: str | None,
+    user_processors: Sequence[Processor],
+    as_text: bool,
+) -> _Chain:
+    head: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        context.merge_request_context,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    ]
+    if service is not None:
+        head.append(AddStaticFields({"service": service}))
+    tail: list[Processor] = [_Guarded(p) for p in user_processors]
+    tail.append(structlog.processors.StackInfoRenderer())
+    if fmt == "json":
+        # Structured tracebacks without local variables: locals are where secrets leak.
+        tail.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+        tail.append(JSONRenderer(as_text=as_text))
+        return _Chain(head, tail)
+    if fmt == "logfmt":
+        tail.append(structlog.processors.format_exc_info)
+        tail.append(_EscapeControls())
+        tail.append(structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]))
+    else:
+        tail.append(_EscapeControls(keep_newlines_in=("exception", "stack")))
+        tail.append(
+            structlog.dev.ConsoleRenderer(
+                colors=colors,
+                exception_formatter=structlog.dev.plain_traceback,
+            )
+        )
+    if not as_text:
+        tail.append(_encode_line)
+    return _Chain(head, tail)
+
+
+# --- the standard library --------------------------------------------------------------------
+
+
+def _already_logged(record: logging.LogRecord) -> bool:
+    """Handler filter: drop a server's report of an exception reqlog already logged."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not getattr(exc, "_reqlog_logged", False)
+
+
+class _StdlibHandler(logging.Handler):
+    """Renders standard-library records through reqlog's chain into reqlog's output."""
+
+    def __init__(self, level: int, formatter: logging.Formatter) -> None:
+        super().__init__(level)
+        self.setFormatter(formatter)
+        self.addFilter(_already_logged)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+            _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {exc!r}")
+            return
+        _STATE.output.write(line.encode("utf-8", "replace") + b"\n")
+
+
+def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
+    root = logging.getLogger()
+    old = _STATE.handler
+    if old is not None:
+        root.removeHandler(old)
+    _STATE.handler = handler
+    if handler is None:
+        return
+    # A console handler left by basicConfig() would print every record a second time.
+    for existing in list(root.handlers):
+        if type(existing) is logging.StreamHandler and existing.stream in (
+            sys.stdout,
+            sys.stderr,
+            sys.__stdout__,
+            sys.__stderr__,
+        ):
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        for h in list(server_logger.handlers):
+            server_logger.removeHandler(h)
+        server_logger.propagate = True
+
+
+# --- configure() -----------------------------------------------------------------------------
+
+_UNSET: Any = object()
+
+
+def _env(option: str) -> str | None:
+    value = os.environ.get(f"REQLOG_{option.upper()}")
+    return value if value not in (None, "") else None
+
+
+def _pick(option: str, value: Any, default: Any) -> tuple[Any, str]:
+    """The value passed, else ``REQLOG_<OPTION>``, else the default; and where it came from."""
+    if value is not _UNSET:
+        return value, option
+    env = _env(option)
+    if env is not None:
+        return env, f"{option} (from REQLOG_{option.upper()})"
+    return default, option
+
+
+def configure(
+    *,
+    level: int | str = _UNSET,
+    format: Format = _UNSET,  # noqa: A002 - the documented option name
+    output: Any = _UNSET,
+    service: str | None = _UNSET,
+    processors: Sequence[Processor] = (),
+    stdlib: bool = True,
+    status_levels: Mapping[int | str, int | str] | Callable[[int, bool], int | str] | None = None,
+    slow_request_ms: float | None = _UNSET,
+    slow_routes: Mapping[str, float] | None = None,
+) -> None:
+    """Set up reqlog once at startup; calling it again replaces the whole setup.
+
+    Every option has a default; an option not passed falls back to ``REQLOG_<OPTION>`` in the
+    environment where one makes sense. Invalid values raise ``ValueError`` here, naming the
+    option, never later at log time.
+
+    >>> configure(service="orders", level="DEBUG", format="json")
+    """
+    level_value, level_name = _pick("level", level, "INFO")
+    min_level = parse_level(level_value, level_name)
+
+    fmt, fmt_name = _pick("format", format, "auto")
+    if not isinstance(fmt, str) or fmt.lower() not in _FORMATS:
+        msg = f"{fmt_name}: expected one of {', '.join(_FORMATS)}, got {fmt!r}"
+        raise ValueError(msg)
+    fmt = fmt.lower()
+
+    out_value, out_name = _pick("output", output, "stdout")
+    service_value, service_name = _pick("service", service, None)
+    if service_value is not None and not isinstance(service_value, str):
+        msg = f"{service_name}: expected a string, got {service_value!r}"
+        raise ValueError(msg)
+
+    if not isinstance(processors, Sequence | Iterable) or isinstance(processors, str | bytes):
+        msg = f"processors: expected a list of processors, got {processors!r}"
+        raise ValueError(msg)
+    user_processors = list(processors)
+    for proc in user_processors:
+        if not callable(proc):
+            msg = f"processors: {proc!r} is not callable (logger, method_name, event_dict)"
+            raise ValueError(msg)
+    if not isinstance(stdlib, bool):
+        msg = f"stdlib: expected True or False, got {stdlib!r}"
+        raise ValueError(msg)
+
+    slow_ms, slow_name = _pick("slow_request_ms", slow_request_ms, None)
+    slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
+    levels = StatusLevels(status_levels)
+
+    sinks: list[Sink] = build_sinks(out_value, out_name)
+    try:
+        if fmt == "auto":
+            fmt = "console" if _isatty(sinks[0]) else "json"
+        colors = fmt == "console" and _isatty(sinks[0])
+        chain = _build_chain(
+            fmt=fmt,
+            colors=colors,
+            service=service_value,
+            user_processors=user_processors,
+            as_text=False,
+        )
+        text_chain = _build_chain(
+            fmt=fmt,
+            colors=colors,
+            service=service_value,
+            user_processors=user_processors,
+            as_text=True,
+        )
+    except Exception:
+        for sink in sinks:
+            sink.close()
+        raise
+
+    new_settings = Settings(
+        level=min_level,
+        format=fmt,
+        service=service_value,
+        status_levels=levels,
+        slow=slow,
+        stdlib=stdlib,
+    )
+    handler: logging.Handler | None = None
+    if stdlib:
+        formatter = structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                *text_chain.head[:1],
+                structlog.stdlib.ExtraAdder(),
+                *text_chain.head[1:],
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *text_chain.tail,
+            ],
+            use_get_message=True,
+        )
+        handler = _StdlibHandler(min_level, formatter)
+
+    with _STATE.lock:
+        old_output = _STATE.output
+        _STATE.output = Output(sinks)
+        _apply_level(min_level)
+        _PROCESSORS[:] = [*chain.head, *chain.tail]
+        structlog.configure(
+            processors=_PROCESSORS,
+            wrapper_class=BoundLogger,
+            logger_factory=_logger_factory,
+            context_class=dict,
+            cache_logger_on_first_use=True,
+        )
+        _route_stdlib(handler, min_level)
+        _STATE.settings = new_settings
+    if old_output is not _STATE.output:
+        old_output.close()
+
+
+def _as_threshold(value: Any, option: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            msg = f"{option}: expected a positive number of milliseconds, got {value!r}"
+            raise ValueError(msg) from None
+    return value
+
+
+def _isatty(sink: Sink) -> bool:
+    stream = getattr(sink, "stream", None)
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _flush_at_exit() -> None:
+    _STATE.output.flush(timeout=5.0)
+
+
+atexit.register(_flush_at_exit)
