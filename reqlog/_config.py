@@ -96,6 +96,8 @@ class BoundLogger(structlog.BoundLoggerBase):
     """
 
     def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> Any:
+        if _STATE.settings is None:
+            _ensure_configured()
         try:
             return super()._proxy_to_logger(method_name, event, **event_kw)
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
@@ -500,6 +502,22 @@ def _isatty(sink: Sink) -> bool:
         return bool(stream is not None and stream.isatty())
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def reset() -> None:
+    """Back to the unconfigured state: reqlog's handler removed, server loggers left propagating.
+
+    For tests: the next log call configures defaults again.
+    """
+    with _STATE.lock:
+        _route_stdlib(None, logging.NOTSET)
+        _STATE.output.close()
+        _STATE.output = Output([])
+        _STATE.settings = None
+        _PROCESSORS[:] = []
+        _apply_level(logging.INFO)
+        structlog.reset_defaults()
+    logging.getLogger("uvicorn.access").disabled = False
 
 
 def _flush_at_exit() -> None:
