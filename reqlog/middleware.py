@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reqlog import _config, context
+from reqlog import _config, bodies, context
 
 __all__ = ["RequestLoggingMiddleware", "is_valid_request_id"]
 
@@ -77,6 +77,11 @@ class RequestLoggingMiddleware:
         trusted_proxies: Iterable[str] = (),
         exclude_paths: Iterable[str] = (),
         clock: Callable[[], float] = time.perf_counter,
+        log_request_body: bool = False,
+        log_response_body: bool = False,
+        body_max_bytes: int = 4096,
+        log_headers: bool = False,
+        capture_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         if not isinstance(request_id_header, str) or not _TOKEN.fullmatch(request_id_header):
@@ -95,6 +100,14 @@ class RequestLoggingMiddleware:
         self._trusted = _parse_networks(trusted_proxies)
         self._is_trusted = functools.lru_cache(maxsize=4096)(self._check_trusted)
         self._exclude_exact, self._exclude_prefixes = _parse_excludes(exclude_paths)
+        # None unless some capture is on: then the request path is exactly as without it.
+        self._capture = bodies.CaptureOptions.create(
+            log_request_body=log_request_body,
+            log_response_body=log_response_body,
+            body_max_bytes=body_max_bytes,
+            log_headers=log_headers,
+            paths=_parse_excludes(capture_paths, "capture_paths"),
+        )
         self._clock = clock
         self._sentry = get_sentry_extension()
         self._log = _config.access_logger()
@@ -207,6 +220,11 @@ class RequestLoggingMiddleware:
         send_failed = False
         app_at_entry = scope.get("app")
         root_path_at_entry = scope.get("root_path", "")
+        capture: bodies.Capture | None = None
+        if self._capture is not None and self._capture.applies(scope["path"]):
+            capture = bodies.Capture(self._capture, scope)
+            receive = capture.wrap_receive(receive)
+            send = capture.wrap_send(send)
 
         async def receive_wrapper() -> Message:
             nonlocal disconnected
@@ -239,7 +257,7 @@ class RequestLoggingMiddleware:
 
         def access_fields() -> dict[str, Any]:
             finished = end if end is not None else clock()
-            return {
+            fields = {
                 "method": scope["method"],
                 "path": scope["path"],
                 "route": _route_template(scope, root_path_at_entry),
@@ -250,6 +268,9 @@ class RequestLoggingMiddleware:
                 "http_version": scope.get("http_version"),
                 "response_bytes": response_bytes,
             }
+            if capture is not None:
+                fields.update(capture.fields())
+            return fields
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
@@ -486,14 +507,16 @@ def _parse_networks(
     return tuple(networks)
 
 
-def _parse_excludes(values: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+def _parse_excludes(
+    values: Iterable[str], option: str = "exclude_paths"
+) -> tuple[frozenset[str], tuple[str, ...]]:
     if isinstance(values, str):
         values = [values]
     exact: set[str] = set()
     prefixes: list[str] = []
     for value in values:
         if not isinstance(value, str) or not value.startswith("/"):
-            msg = f"exclude_paths: paths start with '/', got {value!r}"
+            msg = f"{option}: paths start with '/', got {value!r}"
             raise ValueError(msg)
         if value.endswith("*"):
             prefixes.append(value[:-1])
