@@ -300,6 +300,25 @@ def _build_chain(
 # --- the standard library --------------------------------------------------------------------
 
 
+def _add_extra(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog's ExtraAdder, less what another formatter left on the record.
+
+    ``message`` and ``asctime`` are set by ``logging.Formatter.format``: a record formatted by
+    another handler first would otherwise carry its message twice. ``color_message`` is
+    uvicorn's copy of the message with terminal colour codes.
+    """
+    event_dict = _EXTRA_ADDER(logger, method_name, event_dict)
+    for key in _NOT_EXTRA:
+        event_dict.pop(key, None)
+    return event_dict
+
+
+_NOT_EXTRA = ("message", "asctime", "color_message")
+
+
+_EXTRA_ADDER = structlog.stdlib.ExtraAdder()
+
+
 def _already_logged(record: logging.LogRecord) -> bool:
     """Handler filter: drop a server's report of an exception reqlog already logged."""
     exc = record.exc_info[1] if record.exc_info else None
@@ -457,7 +476,7 @@ def configure(
         formatter = structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
                 *text_chain.head[:1],
-                structlog.stdlib.ExtraAdder(),
+                _add_extra,
                 *text_chain.head[1:],
             ],
             processors=[
