@@ -342,6 +342,26 @@ class _StdlibHandler(logging.Handler):
         _STATE.output.write(line.encode("utf-8", "replace") + b"\n")
 
 
+def adopt_server_loggers() -> None:
+    """Take the server's loggers over again if the server configured them after configure().
+
+    ``uvicorn.run(app)`` applies uvicorn's logging config after the application module ran
+    configure(); the middleware calls this when the app starts, so uvicorn's lines still come
+    out once, through reqlog.
+    """
+    current = _STATE.settings
+    if current is not None and current.stdlib:
+        _take_server_loggers()
+
+
+def _take_server_loggers() -> None:
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        for h in list(server_logger.handlers):
+            server_logger.removeHandler(h)
+        server_logger.propagate = True
+
+
 def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
     root = logging.getLogger()
     old = _STATE.handler
@@ -361,11 +381,7 @@ def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in SERVER_LOGGERS:
-        server_logger = logging.getLogger(name)
-        for h in list(server_logger.handlers):
-            server_logger.removeHandler(h)
-        server_logger.propagate = True
+    _take_server_loggers()
 
 
 # --- configure() -----------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class RequestLoggingMiddleware:
         self._log = _config.access_logger()
         # request_completed replaces the server's access line.
         logging.getLogger("uvicorn.access").disabled = True
+        _config.adopt_server_loggers()
 
     # -- request ID and client -----------------------------------------------------------------
 

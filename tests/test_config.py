@@ -296,3 +296,18 @@ def test_failing_output_never_raises_and_is_reported_once(
     assert err.count("No space left on device") == 1, err
     stats = reqlog.output_stats()
     assert (stats["accepted"], stats["written"], stats["dropped"]) == (4, 0, 4)
+
+
+def test_server_logging_configured_after_configure_is_adopted(log_output: LogOutput) -> None:
+    """``uvicorn.run(app)`` applies uvicorn's logging config after the app module ran."""
+    import logging.config
+
+    from fastapi import FastAPI
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_output.configure()
+    logging.config.dictConfig(LOGGING_CONFIG)
+    reqlog.RequestLoggingMiddleware(FastAPI())  # built when the server starts the app
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    assert [e["event"] for e in log_output.events()] == ["Application startup complete."]
+    assert logging.getLogger("uvicorn").handlers == []
