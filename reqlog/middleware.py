@@ -15,6 +15,8 @@ from typing import Any
 
 from asgi_correlation_id.context import correlation_id
 from asgi_correlation_id.extensions.sentry import get_sentry_extension
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
@@ -113,6 +115,7 @@ class RequestLoggingMiddleware:
         self._log = _config.access_logger()
         # request_completed replaces the server's access line.
         logging.getLogger("uvicorn.access").disabled = True
+        _config.adopt_server_loggers()
 
     # -- request ID and client -----------------------------------------------------------------
 
@@ -454,28 +457,52 @@ async def _send_error_response(
     by running Starlette's own ``ServerErrorMiddleware`` on the exception; the outer one then
     sees a response already started and only re-raises.
     """
+    if app is None or not hasattr(app, "exception_handlers"):
+        # Not Starlette: answer as the server would, with the ID.
+        await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+        return
     handler = None
-    debug = False
-    if app is not None and hasattr(app, "exception_handlers"):
-        for key, value in app.exception_handlers.items():
-            if key in (500, Exception):
-                handler = value
-        debug = bool(getattr(app, "debug", False))
+    for key, value in app.exception_handlers.items():
+        if key in (500, Exception):
+            handler = value
+    debug = bool(getattr(app, "debug", False))
+    outer = getattr(app, "middleware_stack", None)
+    if handler is not None and isinstance(outer, ServerErrorMiddleware):
+        # The outer ServerErrorMiddleware calls the handler before it checks whether a
+        # response started: without this, a handler that reports errors would run twice.
+        if outer.handler is not None and not isinstance(outer.handler, _SkipAnswered):
+            outer.handler = _SkipAnswered(outer.handler)
+        if isinstance(outer.handler, _SkipAnswered):
+            handler = outer.handler.handler
 
     async def reraise(scope: Scope, receive: Receive, send: Send) -> None:
         raise exc
 
     try:
-        if app is None or not hasattr(app, "exception_handlers"):
-            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
-        else:
-            await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(scope, receive, send)
-    except Exception as raised:  # noqa: BLE001
+        await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(scope, receive, send)
+    except Exception as raised:  # noqa: BLE001 - the app's handler must not hide the original
         if raised is not exc:
             # The app's own error handler failed: the server will answer with its own 500.
             _config.current_output().report(
                 "error_handler", f"the application's 500 handler raised {raised!r}"
             )
+    with contextlib.suppress(AttributeError, TypeError):
+        exc._reqlog_answered = True  # type: ignore[attr-defined]
+
+
+class _SkipAnswered:
+    """The app's 500 handler, skipped for an exception reqlog already answered."""
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+
+    async def __call__(self, request: Any, exc: Exception) -> Any:
+        if getattr(exc, "_reqlog_answered", False):
+            # Never sent: the outer middleware sees the response reqlog already started.
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        if is_async_callable(self.handler):
+            return await self.handler(request, exc)
+        return await run_in_threadpool(self.handler, request, exc)
 
 
 def _is_cancellation(exc: BaseException) -> bool:
