@@ -23,6 +23,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import orjson
+from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
 
 __all__ = ["Capture", "CaptureOptions", "describe_body", "header_mapping"]
@@ -65,6 +66,7 @@ class CaptureOptions:
     log_headers: bool
     paths_exact: frozenset[str] = frozenset()
     paths_prefixes: tuple[str, ...] = ()
+    paths_templates: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def create(
@@ -98,6 +100,16 @@ class CaptureOptions:
         assert isinstance(log_request_body, bool)
         assert isinstance(log_response_body, bool)
         assert isinstance(log_headers, bool)
+        exact, prefixes = paths
+        templates = []
+        for path in sorted(p for p in exact if "{" in p):
+            # A route template ("/users/{user_id}/orders"), compiled by Starlette's own router
+            # code: the decision is made when the request starts, before routing has run.
+            try:
+                templates.append(compile_path(path)[0])
+            except (AssertionError, ValueError) as exc:
+                msg = f"capture_paths: {path!r} is not a valid route template: {exc}"
+                raise ValueError(msg) from None
         if not (log_request_body or log_response_body or log_headers):
             return None
         return cls(
@@ -105,16 +117,19 @@ class CaptureOptions:
             log_response_body,
             body_max_bytes,
             log_headers,
-            paths[0],
-            paths[1],
+            frozenset(p for p in exact if "{" not in p),
+            prefixes,
+            tuple(templates),
         )
 
     def applies(self, path: str) -> bool:
         """Whether capture is on for this path (every path unless ``capture_paths`` was given)."""
-        if not self.paths_exact and not self.paths_prefixes:
+        if not (self.paths_exact or self.paths_prefixes or self.paths_templates):
             return True
-        return path in self.paths_exact or (
-            bool(self.paths_prefixes) and path.startswith(self.paths_prefixes)
+        return (
+            path in self.paths_exact
+            or (bool(self.paths_prefixes) and path.startswith(self.paths_prefixes))
+            or any(template.match(path) for template in self.paths_templates)
         )
 
 

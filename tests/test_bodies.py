@@ -113,6 +113,10 @@ def test_off_by_default_adds_nothing(log_output: LogOutput) -> None:
         ({"log_response_body": 1}, "log_response_body"),
         ({"log_headers": None}, "log_headers"),
         ({"capture_paths": ["api/*"]}, "capture_paths: paths start with '/', got 'api/*'"),
+        (
+            {"capture_paths": ["/a/{x:nope}"]},
+            "capture_paths: '/a/{x:nope}' is not a valid route template",
+        ),
     ],
 )
 def test_bad_options_raise_naming_the_option(options: dict[str, Any], message: str) -> None:
@@ -128,26 +132,30 @@ def test_capture_paths_limits_capture_to_matching_paths(log_output: LogOutput) -
         log_request_body=True,
         log_response_body=True,
         log_headers=True,
-        capture_paths=["/api/*", "/login"],
+        capture_paths=["/api/*", "/login", "/users/{user_id:int}/orders"],
     )
 
     @app.post("/api/items")
     @app.post("/login")
     @app.post("/other")
+    @app.post("/users/{user_id}/orders")
     async def endpoint(request: Request) -> dict[str, Any]:
         return dict(await request.json())
 
-    for path in ("/api/items", "/login", "/other"):
+    captured = ("/api/items", "/login", "/users/42/orders")
+    for path in (*captured, "/other", "/users/ann/orders"):
         request(app, "POST", path, json={"a": 1})
 
     events = {e["path"]: e for e in log_output.access()}
-    for path in ("/api/items", "/login"):
+    for path in captured:
         assert events[path]["request_body"] == {"a": 1}
         assert events[path]["response_body"] == {"a": 1}
         assert "request_headers" in events[path]
-    assert not {"request_body", "response_body", "request_headers", "request_bytes"} & set(
-        events["/other"]
-    )
+    for path in ("/other", "/users/ann/orders"):
+        assert events[path]["status_code"] == 200
+        assert not {"request_body", "response_body", "request_headers", "request_bytes"} & set(
+            events[path]
+        )
 
 
 # --- JSON, forms, text ------------------------------------------------------------------------
