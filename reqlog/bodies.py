@@ -382,10 +382,35 @@ _INVALID: Final = _Invalid()
 def _parse_json(data: bytes, charset: str) -> Any:
     try:
         if codecs.lookup(charset).name != "utf-8":
-            return orjson.loads(data.decode(charset))
-        return orjson.loads(data)
+            value = orjson.loads(data.decode(charset))
+        else:
+            value = orjson.loads(data)
     except (LookupError, ValueError):  # orjson.JSONDecodeError, UnicodeDecodeError
         return _INVALID
+    # orjson renders at most 254 levels: a deeper body would make the renderer fall back to
+    # repr() of the whole event. Only bodies with many brackets are walked.
+    if data.count(b"[") + data.count(b"{") > _MAX_DEPTH and _too_deep(value):
+        return _INVALID
+    return value
+
+
+_MAX_DEPTH: Final = 64
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > _MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _decode(data: bytes, charset: str, *, final: bool) -> str:

@@ -224,7 +224,11 @@ class RequestLoggingMiddleware:
         app_at_entry = scope.get("app")
         root_path_at_entry = scope.get("root_path", "")
         capture: bodies.Capture | None = None
-        if self._capture is not None and self._capture.applies(scope["path"]):
+        if (
+            self._capture is not None
+            and self._capture.applies(scope["path"])
+            and not self._excluded(scope["path"])
+        ):
             capture = bodies.Capture(self._capture, scope)
             receive = capture.wrap_receive(receive)
             send = capture.wrap_send(send)

@@ -747,6 +747,14 @@ def test_a_failed_request_carries_its_request_body(log_output: LogOutput) -> Non
             (b"a=1&b=2&pass", 20, "application/x-www-form-urlencoded", {}),
             ({"a": "1", "b": "2"}, True),
         ),
+        (
+            (b"[" * 65 + b"]" * 65, 130, "application/json", {}),
+            ("<130 bytes application/json, invalid>", False),
+        ),
+        (
+            (b"[" * 64 + b"]" * 64, 128, "application/json", {}),
+            (orjson.loads(b"[" * 64 + b"]" * 64), False),
+        ),
         ((b"<a>1</a>", 8, "application/xml", {}), ("<a>1</a>", False)),
         ((b"x", 1, "image/svg+xml", {}), ("x", False)),
         ((b"", 5, "text/plain", {}, "br"), ("<5 bytes text/plain, br>", False)),
