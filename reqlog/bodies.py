@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
+
+from reqlog import _config
 
 __all__ = ["Capture", "CaptureOptions", "describe_body", "header_mapping"]
 
@@ -141,15 +143,18 @@ class _Body:
     def __init__(self, headers: Iterable[Sequence[bytes]], max_bytes: int) -> None:
         content_type = b""
         encoding = b""
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"content-type":
-                content_type = value
-            elif lowered == b"content-encoding":
-                encoding = value
-        self.mime, self.params = _parse_content_type(content_type.decode("latin-1"))
-        self.encoding = encoding.decode("latin-1").strip().lower()
-        self.kind = _kind(self.mime, self.encoding)
+        try:
+            for name, value in headers:
+                lowered = name.lower()
+                if lowered == b"content-type":
+                    content_type = value
+                elif lowered == b"content-encoding":
+                    encoding = value
+            self.mime, self.params = _parse_content_type(content_type.decode("latin-1"))
+            self.encoding = encoding.decode("latin-1").strip().lower()
+            self.kind = _kind(self.mime, self.encoding)
+        except Exception:  # noqa: BLE001 - headers that are not ASGI's bytes: count, don't copy
+            self.mime, self.params, self.encoding, self.kind = "", {}, "", _SUMMARY
         # A body that will only be summarised needs its size, not its bytes.
         self.limit = 0 if self.kind == _SUMMARY else max_bytes
         self.data = bytearray()
@@ -228,9 +233,9 @@ class Capture:
         fields: dict[str, Any] = {}
         options = self.options
         if options.log_headers:
-            fields["request_headers"] = header_mapping(self.request_headers)
+            fields["request_headers"] = _safely(header_mapping, self.request_headers)
             if self.response_headers is not None:
-                fields["response_headers"] = header_mapping(self.response_headers)
+                fields["response_headers"] = _safely(header_mapping, self.response_headers)
         request = self.request
         if request is not None:
             fields["request_bytes"] = request.total
@@ -246,6 +251,14 @@ class Capture:
             if truncated:
                 fields["response_body_truncated"] = True
         return fields
+
+
+def _safely(mapping: Callable[[Any], dict[str, Any]], headers: Any) -> dict[str, Any] | None:
+    try:
+        return mapping(headers)
+    except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+        _config.current_output().report("capture", f"could not log the headers: {exc!r}")
+        return None
 
 
 def header_mapping(headers: Iterable[Sequence[bytes]]) -> dict[str, str | list[str]]:

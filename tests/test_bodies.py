@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
 import reqlog
 from reqlog.bodies import describe_body
@@ -725,6 +725,36 @@ def test_a_failed_request_carries_its_request_body(log_output: LogOutput) -> Non
     [event] = log_output.access()
     assert event["event"] == "request_failed"
     assert event["request_body"] == {"id": 3}
+
+
+def test_headers_that_are_not_bytes_do_not_break_the_response(
+    log_output: LogOutput, capfd: pytest.CaptureFixture[str]
+) -> None:
+    log_output.configure()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [("content-type", "text/plain")]  # str, not bytes: a buggy app
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"fine"})
+
+    middleware = reqlog.RequestLoggingMiddleware(app, log_response_body=True, log_headers=True)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    asyncio.run(middleware(scope, receive, send))
+
+    assert sent[-1] == {"type": "http.response.body", "body": b"fine"}
+    [event] = log_output.access()
+    assert event["status_code"] == 200
+    assert event["response_body"] == "<4 bytes>"
+    assert event["response_headers"] is None
+    assert "reqlog: could not log the headers" in capfd.readouterr().err
 
 
 # --- describe_body, directly ------------------------------------------------------------------
