@@ -452,12 +452,19 @@ def configure(
     status_levels: Mapping[int | str, int | str] | Callable[[int, bool], int | str] | None = None,
     slow_request_ms: float | None = _UNSET,
     slow_routes: Mapping[str, float] | None = None,
+    trace_context: bool | None = None,
+    otlp: Any = _UNSET,
 ) -> None:
     """Set up reqlog once at startup; calling it again replaces the whole setup.
 
     Every option has a default; an option not passed falls back to ``REQLOG_<OPTION>`` in the
     environment where one makes sense. Invalid values raise ``ValueError`` here, naming the
     option, never later at log time.
+
+    ``trace_context`` puts the current OpenTelemetry span's ``trace_id``/``span_id`` on every
+    event (default: whenever opentelemetry-api is installed). ``otlp`` (``True``, a collector
+    URL, or a ``LoggerProvider``; ``REQLOG_OTLP``) also hands every event to OpenTelemetry's
+    log pipeline; see ``reqlog.integrations.otel``.
 
     >>> configure(service="orders", level="DEBUG", format="json")
     """
@@ -511,6 +518,7 @@ def configure(
             user_processors=user_processors,
             as_text=True,
         )
+        _add_otel(chain, text_chain, sinks, trace_context, otlp, service_value)
     except Exception:
         for sink in sinks:
             sink.close()
@@ -556,6 +564,75 @@ def configure(
         _STATE.settings = new_settings
     if old_output is not _STATE.output:
         old_output.close()
+
+
+# --- OpenTelemetry (reqlog.integrations.otel, imported only when asked for or installed) -----
+
+
+def _otel_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _add_otel(
+    chain: _Chain,
+    text_chain: _Chain,
+    sinks: list[Sink],
+    trace_context: bool | None,
+    otlp: Any,
+    service: str | None,
+) -> None:
+    """Put trace context on every event, and hand events to OpenTelemetry's log pipeline."""
+    if trace_context not in (None, True, False):
+        msg = f"trace_context: expected True, False or None, got {trace_context!r}"
+        raise ValueError(msg)
+    otlp_value, otlp_name = _pick("otlp", otlp, None)
+    if isinstance(otlp_value, str) and otlp_name != "otlp":
+        flag = otlp_value.strip().lower()
+        if flag in ("1", "true", "yes", "on"):
+            otlp_value = True
+        elif flag in ("0", "false", "no", "off"):
+            otlp_value = None
+    if otlp_value is False:
+        otlp_value = None
+    want_trace = trace_context if trace_context is not None else _otel_installed()
+    if not want_trace and otlp_value is None:
+        return
+    if trace_context and not _otel_installed():
+        msg = "trace_context: needs opentelemetry-api: pip install 'reqlog[otel]'"
+        raise ValueError(msg)
+    if otlp_value is not None and not _otel_installed():
+        msg = f"{otlp_name}: needs the OpenTelemetry SDK: pip install 'reqlog[otel]'"
+        raise ValueError(msg)
+    from reqlog.integrations import otel
+
+    if want_trace:
+        # In the head: user processors see the IDs, and standard-library records get them too.
+        chain.head.append(otel.add_trace_context)
+        text_chain.head.append(otel.add_trace_context)
+    if otlp_value is not None:
+        emitter = otel.build_emitter(otlp_value, service=service, option=otlp_name)
+        # After redaction, before rendering: the collector gets what the lines show.
+        for tail in (chain.tail, text_chain.tail):
+            tail.insert(_rendering_start(tail), emitter)
+        sinks.append(otel.OTLPFlushSink(emitter))
+
+
+def _rendering_start(tail: list[Processor]) -> int:
+    renderers = (
+        _EscapeControls,
+        JSONRenderer,
+        structlog.processors.LogfmtRenderer,
+        structlog.dev.ConsoleRenderer,
+    )
+    for index, processor in enumerate(tail):
+        if isinstance(processor, renderers):
+            return index
+    return len(tail)
 
 
 def _as_threshold(value: Any, option: str) -> Any:

@@ -274,7 +274,7 @@ class RequestLoggingMiddleware:
             fields = {
                 "method": scope["method"],
                 "path": scope["path"],
-                "route": _route_template(scope, root_path_at_entry),
+                "route": _route_template(scope, root_path_at_entry, app_at_entry or self.app),
                 "query": scope.get("query_string", b"").decode("latin-1"),
                 "status_code": status_code,
                 "duration_ms": round((finished - start) * 1000.0, 3),
@@ -375,6 +375,7 @@ class RequestLoggingMiddleware:
         close_code: int | None = None
         closed_by: str | None = None
         root_path_at_entry = scope.get("root_path", "")
+        app_at_entry = scope.get("app") or self.app
 
         async def receive_wrapper() -> Message:
             nonlocal close_code, closed_by
@@ -405,7 +406,7 @@ class RequestLoggingMiddleware:
             if not self._excluded(scope["path"]):
                 fields: dict[str, Any] = {
                     "path": scope["path"],
-                    "route": _route_template(scope, root_path_at_entry),
+                    "route": _route_template(scope, root_path_at_entry, app_at_entry),
                     "accepted": accepted,
                     "close_code": close_code if close_code is not None else 1006,
                     "closed_by": closed_by,
@@ -436,22 +437,62 @@ def _with_header(message: Message, name: bytes, value: bytes) -> Message:
     return {**message, "headers": headers}
 
 
-def _route_template(scope: Scope, root_path_at_entry: str) -> str | None:
+def _route_template(scope: Scope, root_path_at_entry: str, app: Any = None) -> str | None:
+    """The matched route as a template (``/users/{uid}/posts/{pid}``), or ``None`` (404).
+
+    Routers record only the innermost route in ``scope["route"]``; the mounts crossed on the
+    way show only as the growth of ``root_path``, with actual values (``/users/42``). So the
+    mount part is found again by walking the mounts from the app the request entered, which
+    costs a few regex matches and only on requests that went through a mount.
+    """
     route = scope.get("route")
-    if route is None:
-        return None
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if not isinstance(template, str):
-        return None
     root_path = scope.get("root_path", "")
-    prefix = (
-        root_path[len(root_path_at_entry) :] if root_path.startswith(root_path_at_entry) else ""
-    )
-    if isinstance(route, Mount):
-        # The mounted app did not say which of its routes matched (static files, a plain ASGI
-        # app): name the mount. Its matched path is already in the root path.
-        return (prefix or template) + "/{path}"
-    return prefix + template
+    consumed = len(root_path) - len(root_path_at_entry)
+    prefix = ""
+    mount: Mount | None = None
+    if consumed > 0 and root_path.startswith(root_path_at_entry):
+        found = _mount_templates(app, scope.get("path", "")[len(root_path_at_entry) :], consumed)
+        if found is None:  # not Starlette mounts: name them by their values, as matched
+            prefix = root_path[len(root_path_at_entry) :]
+        else:
+            prefix, mount = found
+    if route is None or isinstance(route, Mount):
+        if isinstance(route, Mount) and route is not mount:
+            prefix, mount = prefix + route.path, route
+        if mount is not None and not mount.routes:
+            # A plain ASGI app or static files: they say nothing about what matched.
+            return prefix + "/{path}"
+        # Not found (here or in a mounted app), unless the framework names it in the scope
+        # (Litestar: ``path_template``).
+        template = scope.get("path_template")
+        return prefix + template if isinstance(template, str) and mount is None else None
+    # FastAPI keeps included routers unflattened: their route knows only its own path, the
+    # full template (prefixes included) is on FastAPI's effective route context.
+    effective = (scope.get("fastapi") or {}).get("effective_route_context")
+    template = getattr(effective, "path_format", None) or getattr(route, "path_format", None)
+    if not isinstance(template, str):
+        template = getattr(route, "path", None)
+    return prefix + template if isinstance(template, str) else None
+
+
+def _mount_templates(app: Any, path: str, consumed: int) -> tuple[str, Mount | None] | None:
+    # Starlette's Router takes the first Mount whose pattern matches; the same walk here.
+    template = ""
+    mount: Mount | None = None
+    routes = getattr(app, "routes", None)
+    while consumed > 0:
+        for candidate in routes or ():
+            match = candidate.path_regex.match(path) if isinstance(candidate, Mount) else None
+            if match is not None:
+                break
+        else:
+            return None
+        rest = "/" + match.group("path")
+        consumed -= len(path) - len(rest)
+        path, mount = rest, candidate
+        template += candidate.path
+        routes = candidate.routes
+    return (template, mount) if consumed == 0 else None
 
 
 async def _send_error_response(
