@@ -10,10 +10,10 @@ import httpx
 import pytest
 import structlog
 from asgi_correlation_id.context import correlation_id
-from conftest import LogOutput
 from fastapi import FastAPI
 
 import reqlog
+from tests.conftest import LogOutput
 
 pytest.importorskip("celery")
 

@@ -17,11 +17,11 @@ import httpx
 import orjson
 import pytest
 from asgi_correlation_id.context import correlation_id
-from conftest import LogOutput
 from fastapi import FastAPI
 
 import reqlog
 from reqlog.integrations.httpx import instrument, request_id_headers
+from tests.conftest import LogOutput
 
 pytestmark = pytest.mark.anyio
 

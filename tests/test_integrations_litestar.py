@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import LogOutput
 
 import reqlog
+from tests.conftest import LogOutput
 
 pytest.importorskip("litestar")
 import litestar

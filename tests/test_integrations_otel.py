@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import LogOutput
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 import reqlog
+from tests.conftest import LogOutput
 
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.proto")

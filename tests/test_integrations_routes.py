@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LogOutput
 from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 import reqlog
+from tests.conftest import LogOutput
 
 pytestmark = pytest.mark.anyio
 
