@@ -165,7 +165,15 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, bytes):
         return obj.decode("utf-8", "replace")
-    return repr(obj)
+    return _safe_repr(obj)
+
+
+def _safe_repr(obj: Any) -> str:
+    # A user object whose __repr__ raises must cost the field, not the whole event.
+    try:
+        return repr(obj)
+    except Exception:  # noqa: BLE001
+        return f"<unrepresentable {type(obj).__qualname__}>"
 
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
@@ -198,7 +206,7 @@ def _stringify(value: Any) -> Any:
         return value
     if isinstance(value, int) and -(2**63) <= value < 2**64:
         return value
-    return repr(value)
+    return _safe_repr(value)
 
 
 def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
