@@ -15,7 +15,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from reqlog import context
+from reqlog import context, schemas
 from reqlog.output import Output, Sink, build_sinks
 from reqlog.processors import AddStaticFields, SlowRequests, StatusLevels, parse_level
 
@@ -49,6 +49,7 @@ class Settings:
     status_levels: StatusLevels
     slow: SlowRequests
     stdlib: bool
+    schema: str = "flat"
 
 
 class _State:
@@ -62,6 +63,24 @@ class _State:
 
 
 _STATE = _State()
+
+# --- capture for tests (reqlog.testing.capture_events, the reqlog_events fixture) -----------
+
+#: Lists that receive a copy of every processed event, right before rendering. Empty outside
+#: tests, so the hook costs one truth test per event.
+_CAPTURES: list[list[EventDict]] = []
+
+
+def _capture(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Processor, last before rendering: hands a copy of the event to active captures."""
+    if _CAPTURES:
+        snapshot = dict(event_dict)
+        for events in _CAPTURES:
+            events.append(snapshot)
+    return event_dict
+
+
+# ---------------------------------------------------------------------------------------------
 
 #: The processor chain, shared by every reqlog and structlog logger. configure() replaces its
 #: contents in place, so loggers created before a reconfiguration follow it.
@@ -267,6 +286,7 @@ def _build_chain(
     service: str | None,
     user_processors: Sequence[Processor],
     as_text: bool,
+    schema: str = "flat",
 ) -> _Chain:
     head: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -280,19 +300,31 @@ def _build_chain(
     tail: list[Processor] = [_Guarded(p) for p in user_processors]
     tail.append(structlog.processors.StackInfoRenderer())
     if fmt == "json":
-        # Structured tracebacks without local variables: locals are where secrets leak.
-        tail.append(
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        if schema == "flat":
+            # Structured tracebacks without local variables: locals are where secrets leak.
+            tail.append(
+                structlog.processors.ExceptionRenderer(
+                    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+                )
             )
-        )
+        else:
+            # ECS error.stack_trace and OTel exception.stacktrace are text.
+            tail.append(structlog.processors.format_exc_info)
+        # Schemas rename fields for JSON output only, after redaction: user processors and
+        # the redactor see reqlog's flat names whatever the schema.
+        schema_step = schemas.schema_processor(schema)
+        if schema_step is not None:
+            tail.append(schema_step)
+        tail.append(_capture)
         tail.append(JSONRenderer(as_text=as_text))
         return _Chain(head, tail)
     if fmt == "logfmt":
         tail.append(structlog.processors.format_exc_info)
+        tail.append(_capture)
         tail.append(_EscapeControls())
         tail.append(structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]))
     else:
+        tail.append(_capture)
         tail.append(_EscapeControls(keep_newlines_in=("exception", "stack")))
         tail.append(
             structlog.dev.ConsoleRenderer(
@@ -388,6 +420,7 @@ def configure(
     status_levels: Mapping[int | str, int | str] | Callable[[int, bool], int | str] | None = None,
     slow_request_ms: float | None = _UNSET,
     slow_routes: Mapping[str, float] | None = None,
+    schema: str = _UNSET,
 ) -> None:
     """Set up reqlog once at startup; calling it again replaces the whole setup.
 
@@ -424,6 +457,13 @@ def configure(
         msg = f"stdlib: expected True or False, got {stdlib!r}"
         raise ValueError(msg)
 
+    # -- schema --
+    schema_value, schema_name = _pick("schema", schema, "flat")
+    if not isinstance(schema_value, str) or schema_value.lower() not in schemas.SCHEMAS:
+        msg = f"{schema_name}: expected one of {', '.join(schemas.SCHEMAS)}, got {schema_value!r}"
+        raise ValueError(msg)
+    schema_value = schema_value.lower()
+
     slow_ms, slow_name = _pick("slow_request_ms", slow_request_ms, None)
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
     levels = StatusLevels(status_levels)
@@ -439,6 +479,7 @@ def configure(
             service=service_value,
             user_processors=user_processors,
             as_text=False,
+            schema=schema_value,
         )
         text_chain = _build_chain(
             fmt=fmt,
@@ -446,6 +487,7 @@ def configure(
             service=service_value,
             user_processors=user_processors,
             as_text=True,
+            schema=schema_value,
         )
     except Exception:
         for sink in sinks:
@@ -459,6 +501,7 @@ def configure(
         status_levels=levels,
         slow=slow,
         stdlib=stdlib,
+        schema=schema_value if fmt == "json" else "flat",
     )
     handler: logging.Handler | None = None
     if stdlib:
