@@ -215,9 +215,19 @@ class JSONRenderer:
         try:
             data = orjson.dumps(event_dict, default=_json_default, option=self._option)
         except (TypeError, orjson.JSONEncodeError):
-            safe = {str(k): _stringify(v) for k, v in event_dict.items()}
+            # Only the values that cannot be serialised become strings: an ECS event keeps
+            # its nested objects when one field holds, say, a dict with tuple keys.
+            safe = {str(k): _json_safe(v) for k, v in event_dict.items()}
             data = orjson.dumps(safe, default=_json_default, option=self._option)
         return data.decode() if self.as_text else data
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return _stringify(value)
+    return value
 
 
 def _stringify(value: Any) -> Any:
@@ -235,6 +245,27 @@ def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
 # C0 controls and DEL, shown escaped in text formats: no terminal escape sequences, no
 # forged lines. Tabs stay.
 _CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+
+
+class _SafeRenderer:
+    """A text renderer that falls back to ``repr``-safe values when rendering fails.
+
+    structlog's console and logfmt renderers call ``repr()`` on values; a user object whose
+    ``__repr__`` raises would otherwise cost the whole event.
+    """
+
+    def __init__(self, renderer: Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        try:
+            return self.renderer(logger, method_name, event_dict)
+        except Exception:  # noqa: BLE001
+            safe = {
+                k: v if isinstance(v, str | int | float | bool | None) else _safe_repr(v)
+                for k, v in event_dict.items()
+            }
+            return self.renderer(logger, method_name, safe)
 
 
 class _EscapeControls:
@@ -322,14 +353,20 @@ def _build_chain(
         tail.append(structlog.processors.format_exc_info)
         tail.append(_capture)
         tail.append(_EscapeControls())
-        tail.append(structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]))
+        tail.append(
+            _SafeRenderer(
+                structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
+            )
+        )
     else:
         tail.append(_capture)
         tail.append(_EscapeControls(keep_newlines_in=("exception", "stack")))
         tail.append(
-            structlog.dev.ConsoleRenderer(
-                colors=colors,
-                exception_formatter=structlog.dev.plain_traceback,
+            _SafeRenderer(
+                structlog.dev.ConsoleRenderer(
+                    colors=colors,
+                    exception_formatter=structlog.dev.plain_traceback,
+                )
             )
         )
     if not as_text:
@@ -358,9 +395,26 @@ class _StdlibHandler(logging.Handler):
         try:
             line = self.format(record)
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
-            _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {exc!r}")
-            return
+            try:
+                line = self.format(_unformatted(record, exc))
+            except Exception as again:  # noqa: BLE001
+                _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {again!r}")
+                return
         _STATE.output.write(line.encode("utf-8", "replace") + b"\n")
+
+
+def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
+    """A copy of a record whose ``msg % args`` failed: the raw message, the arguments aside.
+
+    The standard library prints a "--- Logging error ---" report and loses the message;
+    reqlog writes the event anyway, as the template with its arguments in ``log_args``.
+    """
+    copy = logging.makeLogRecord(record.__dict__)
+    copy.msg = str(record.msg) if isinstance(record.msg, str) else repr(record.msg)
+    copy.args = None
+    copy.log_args = _safe_repr(record.args)
+    copy.log_format_error = repr(exc)
+    return copy
 
 
 def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
