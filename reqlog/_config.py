@@ -383,6 +383,19 @@ def _already_logged(record: logging.LogRecord) -> bool:
     return not getattr(exc, "_reqlog_logged", False)
 
 
+def _drop_formatter_attributes(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """Drop ``message`` and ``asctime``: another handler's Formatter left them on the record.
+
+    ``ExtraAdder`` takes them for extras (the standard library refuses them as real extras),
+    so under pytest's log capture every stdlib event had the message twice.
+    """
+    event_dict.pop("message", None)
+    event_dict.pop("asctime", None)
+    return event_dict
+
+
 class _StdlibHandler(logging.Handler):
     """Renders standard-library records through reqlog's chain into reqlog's output."""
 
@@ -563,6 +576,7 @@ def configure(
             foreign_pre_chain=[
                 *text_chain.head[:1],
                 structlog.stdlib.ExtraAdder(),
+                _drop_formatter_attributes,
                 *text_chain.head[1:],
             ],
             processors=[
