@@ -68,7 +68,7 @@ _STATE = _State()
 
 #: Lists that receive a copy of every processed event, right before rendering. Empty outside
 #: tests, so the hook costs one truth test per event.
-_CAPTURES: list[list[EventDict]] = []
+_CAPTURES: list[list[dict[str, Any]]] = []
 
 
 def _capture(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
