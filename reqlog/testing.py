@@ -176,10 +176,11 @@ def _secret_headers(log: Any, std: logging.Logger, level: int) -> None:
 
 
 def _secret_text(log: Any, std: logging.Logger, level: int) -> None:
+    # Free text: the event itself and an error message, where a redactor looks for patterns.
     log.log(
         level,
-        f"check_secret_text calling upstream with Bearer {_BEARER}",
-        note=f"token {_JWT} for card {_CARD}",
+        f"check_secret_text calling upstream with Bearer {_BEARER} for card {_CARD}",
+        error_message=f"upstream rejected token {_JWT}",
     )
 
 
