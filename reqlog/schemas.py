@@ -134,21 +134,38 @@ class ECSSchema:
         for key, value in event_dict.items():
             target = targets.get(key)
             if target is None:
-                if key in _ECS_LEADING:
-                    labels[key] = value  # reqlog's own event, level and time win
-                    continue
                 if "." not in key or key in _ECS_TOP_LEVEL_DOTTED:
-                    _put(out, key, (key,), value, labels)
+                    if key in _ECS_LEADING:
+                        labels[key] = value  # reqlog's own event, level and time win
+                    elif type(out.get(key)) is dict:
+                        _put(out, key, (key,), value, labels)
+                    else:
+                        out[key] = value
                     continue
                 target = tuple(key.split("."))
             elif key == "duration_ms":
                 value = _duration_ns(value)
             elif key == "exception":
                 value = _stack_trace(value)
-            if isinstance(target, str):
-                _put(out, target, (target,), value, labels)
+            if type(target) is str:
+                out[target] = value
+                continue
+            # Fast path: every object on the way is absent or a dict, the leaf is free.
+            node = out
+            for part in target[:-1]:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                elif type(child) is not dict:
+                    _put(out, key, target, value, labels)
+                    break
+                node = child
             else:
-                _put(out, key, target, value, labels)
+                leaf = target[-1]
+                if type(node.get(leaf)) is dict:
+                    _put(out, key, target, value, labels)
+                else:
+                    node[leaf] = value
         if out["log.level"] is None:
             out["log.level"] = method_name
         if out["message"] is None:
