@@ -147,7 +147,7 @@ class ECSSchema:
                 value = _duration_ns(value)
             elif key == "exception":
                 value = _stack_trace(value)
-            if type(target) is str:
+            if isinstance(target, str):
                 out[target] = value
                 continue
             # Fast path: every object on the way is absent or a dict, the leaf is free.
