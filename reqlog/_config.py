@@ -377,23 +377,29 @@ def _build_chain(
 # --- the standard library --------------------------------------------------------------------
 
 
+def _add_extra(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog's ExtraAdder, less what another formatter left on the record.
+
+    ``message`` and ``asctime`` are set by ``logging.Formatter.format``: a record formatted by
+    another handler first would otherwise carry its message twice. ``color_message`` is
+    uvicorn's copy of the message with terminal colour codes.
+    """
+    event_dict = _EXTRA_ADDER(logger, method_name, event_dict)
+    for key in _NOT_EXTRA:
+        event_dict.pop(key, None)
+    return event_dict
+
+
+_NOT_EXTRA = ("message", "asctime", "color_message")
+
+
+_EXTRA_ADDER = structlog.stdlib.ExtraAdder()
+
+
 def _already_logged(record: logging.LogRecord) -> bool:
     """Handler filter: drop a server's report of an exception reqlog already logged."""
     exc = record.exc_info[1] if record.exc_info else None
     return not getattr(exc, "_reqlog_logged", False)
-
-
-def _drop_formatter_attributes(
-    logger: WrappedLogger, method_name: str, event_dict: EventDict
-) -> EventDict:
-    """Drop ``message`` and ``asctime``: another handler's Formatter left them on the record.
-
-    ``ExtraAdder`` takes them for extras (the standard library refuses them as real extras),
-    so under pytest's log capture every stdlib event had the message twice.
-    """
-    event_dict.pop("message", None)
-    event_dict.pop("asctime", None)
-    return event_dict
 
 
 class _StdlibHandler(logging.Handler):
@@ -430,6 +436,26 @@ def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord
     return copy
 
 
+def adopt_server_loggers() -> None:
+    """Take the server's loggers over again if the server configured them after configure().
+
+    ``uvicorn.run(app)`` applies uvicorn's logging config after the application module ran
+    configure(); the middleware calls this when the app starts, so uvicorn's lines still come
+    out once, through reqlog.
+    """
+    current = _STATE.settings
+    if current is not None and current.stdlib:
+        _take_server_loggers()
+
+
+def _take_server_loggers() -> None:
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        for h in list(server_logger.handlers):
+            server_logger.removeHandler(h)
+        server_logger.propagate = True
+
+
 def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
     root = logging.getLogger()
     old = _STATE.handler
@@ -449,11 +475,7 @@ def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in SERVER_LOGGERS:
-        server_logger = logging.getLogger(name)
-        for h in list(server_logger.handlers):
-            server_logger.removeHandler(h)
-        server_logger.propagate = True
+    _take_server_loggers()
 
 
 # --- configure() -----------------------------------------------------------------------------
@@ -575,8 +597,7 @@ def configure(
         formatter = structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
                 *text_chain.head[:1],
-                structlog.stdlib.ExtraAdder(),
-                _drop_formatter_attributes,
+                _add_extra,
                 *text_chain.head[1:],
             ],
             processors=[

@@ -15,12 +15,14 @@ from typing import Any
 
 from asgi_correlation_id.context import correlation_id
 from asgi_correlation_id.extensions.sentry import get_sentry_extension
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reqlog import _config, context
+from reqlog import _config, bodies, context
 
 __all__ = ["RequestLoggingMiddleware", "is_valid_request_id"]
 
@@ -77,6 +79,11 @@ class RequestLoggingMiddleware:
         trusted_proxies: Iterable[str] = (),
         exclude_paths: Iterable[str] = (),
         clock: Callable[[], float] = time.perf_counter,
+        log_request_body: bool = False,
+        log_response_body: bool = False,
+        body_max_bytes: int = 4096,
+        log_headers: bool = False,
+        capture_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         if not isinstance(request_id_header, str) or not _TOKEN.fullmatch(request_id_header):
@@ -95,11 +102,20 @@ class RequestLoggingMiddleware:
         self._trusted = _parse_networks(trusted_proxies)
         self._is_trusted = functools.lru_cache(maxsize=4096)(self._check_trusted)
         self._exclude_exact, self._exclude_prefixes = _parse_excludes(exclude_paths)
+        # None unless some capture is on: then the request path is exactly as without it.
+        self._capture = bodies.CaptureOptions.create(
+            log_request_body=log_request_body,
+            log_response_body=log_response_body,
+            body_max_bytes=body_max_bytes,
+            log_headers=log_headers,
+            paths=_parse_excludes(capture_paths, "capture_paths"),
+        )
         self._clock = clock
         self._sentry = get_sentry_extension()
         self._log = _config.access_logger()
         # request_completed replaces the server's access line.
         logging.getLogger("uvicorn.access").disabled = True
+        _config.adopt_server_loggers()
 
     # -- request ID and client -----------------------------------------------------------------
 
@@ -207,6 +223,15 @@ class RequestLoggingMiddleware:
         send_failed = False
         app_at_entry = scope.get("app")
         root_path_at_entry = scope.get("root_path", "")
+        capture: bodies.Capture | None = None
+        if (
+            self._capture is not None
+            and self._capture.applies(scope["path"])
+            and not self._excluded(scope["path"])
+        ):
+            capture = bodies.Capture(self._capture, scope)
+            receive = capture.wrap_receive(receive)
+            send = capture.wrap_send(send)
 
         async def receive_wrapper() -> Message:
             nonlocal disconnected
@@ -239,7 +264,7 @@ class RequestLoggingMiddleware:
 
         def access_fields() -> dict[str, Any]:
             finished = end if end is not None else clock()
-            return {
+            fields = {
                 "method": scope["method"],
                 "path": scope["path"],
                 "route": _route_template(scope, root_path_at_entry),
@@ -250,6 +275,9 @@ class RequestLoggingMiddleware:
                 "http_version": scope.get("http_version"),
                 "response_bytes": response_bytes,
             }
+            if capture is not None:
+                fields.update(capture.fields())
+            return fields
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
@@ -433,28 +461,52 @@ async def _send_error_response(
     by running Starlette's own ``ServerErrorMiddleware`` on the exception; the outer one then
     sees a response already started and only re-raises.
     """
+    if app is None or not hasattr(app, "exception_handlers"):
+        # Not Starlette: answer as the server would, with the ID.
+        await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+        return
     handler = None
-    debug = False
-    if app is not None and hasattr(app, "exception_handlers"):
-        for key, value in app.exception_handlers.items():
-            if key in (500, Exception):
-                handler = value
-        debug = bool(getattr(app, "debug", False))
+    for key, value in app.exception_handlers.items():
+        if key in (500, Exception):
+            handler = value
+    debug = bool(getattr(app, "debug", False))
+    outer = getattr(app, "middleware_stack", None)
+    if handler is not None and isinstance(outer, ServerErrorMiddleware):
+        # The outer ServerErrorMiddleware calls the handler before it checks whether a
+        # response started: without this, a handler that reports errors would run twice.
+        if outer.handler is not None and not isinstance(outer.handler, _SkipAnswered):
+            outer.handler = _SkipAnswered(outer.handler)
+        if isinstance(outer.handler, _SkipAnswered):
+            handler = outer.handler.handler
 
     async def reraise(scope: Scope, receive: Receive, send: Send) -> None:
         raise exc
 
     try:
-        if app is None or not hasattr(app, "exception_handlers"):
-            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
-        else:
-            await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(scope, receive, send)
-    except Exception as raised:  # noqa: BLE001
+        await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(scope, receive, send)
+    except Exception as raised:  # noqa: BLE001 - the app's handler must not hide the original
         if raised is not exc:
             # The app's own error handler failed: the server will answer with its own 500.
             _config.current_output().report(
                 "error_handler", f"the application's 500 handler raised {raised!r}"
             )
+    with contextlib.suppress(AttributeError, TypeError):
+        exc._reqlog_answered = True  # type: ignore[attr-defined]
+
+
+class _SkipAnswered:
+    """The app's 500 handler, skipped for an exception reqlog already answered."""
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+
+    async def __call__(self, request: Any, exc: Exception) -> Any:
+        if getattr(exc, "_reqlog_answered", False):
+            # Never sent: the outer middleware sees the response reqlog already started.
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        if is_async_callable(self.handler):
+            return await self.handler(request, exc)
+        return await run_in_threadpool(self.handler, request, exc)
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -486,14 +538,16 @@ def _parse_networks(
     return tuple(networks)
 
 
-def _parse_excludes(values: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+def _parse_excludes(
+    values: Iterable[str], option: str = "exclude_paths"
+) -> tuple[frozenset[str], tuple[str, ...]]:
     if isinstance(values, str):
         values = [values]
     exact: set[str] = set()
     prefixes: list[str] = []
     for value in values:
         if not isinstance(value, str) or not value.startswith("/"):
-            msg = f"exclude_paths: paths start with '/', got {value!r}"
+            msg = f"{option}: paths start with '/', got {value!r}"
             raise ValueError(msg)
         if value.endswith("*"):
             prefixes.append(value[:-1])

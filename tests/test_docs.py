@@ -130,7 +130,7 @@ def test_testing_page_fixture_example_passes(pytester: pytest.Pytester) -> None:
         b for b in python_blocks(DOCS / "testing.md") if "def test_login_is_logged" in b.code
     ]
     pytester.makepyfile(test_example=block.code)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=1)
 
 

@@ -284,7 +284,7 @@ def test_plugin_fixture_collects_processed_events(pytester: pytest.Pytester) -> 
             assert reqlog_events[0]["order_id"] == 1
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=1)
 
 
@@ -317,7 +317,7 @@ def test_plugin_resets_configuration_and_context_between_tests(
             assert "leftover" not in reqlog_events[0]
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=2)
 
 
@@ -341,7 +341,7 @@ def test_plugin_does_nothing_for_tests_that_do_not_ask(pytester: pytest.Pytester
             assert logging.getLogger("uvicorn.access").disabled is False
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=1)
 
 
@@ -352,6 +352,6 @@ def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = pytester.runpytest("-p", "no:reqlog", "-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:reqlog", "-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'reqlog_events' not found*"])
