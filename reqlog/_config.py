@@ -15,7 +15,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from reqlog import context
+from reqlog import context, schemas
 from reqlog.output import Output, Sink, build_sinks
 from reqlog.processors import AddStaticFields, SlowRequests, StatusLevels, parse_level
 
@@ -49,6 +49,7 @@ class Settings:
     status_levels: StatusLevels
     slow: SlowRequests
     stdlib: bool
+    schema: str = "flat"
 
 
 class _State:
@@ -62,6 +63,24 @@ class _State:
 
 
 _STATE = _State()
+
+# --- capture for tests (reqlog.testing.capture_events, the reqlog_events fixture) -----------
+
+#: Lists that receive a copy of every processed event, right before rendering. Empty outside
+#: tests, so the hook costs one truth test per event.
+_CAPTURES: list[list[dict[str, Any]]] = []
+
+
+def _capture(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Processor, last before rendering: hands a copy of the event to active captures."""
+    if _CAPTURES:
+        snapshot = dict(event_dict)
+        for events in _CAPTURES:
+            events.append(snapshot)
+    return event_dict
+
+
+# ---------------------------------------------------------------------------------------------
 
 #: The processor chain, shared by every reqlog and structlog logger. configure() replaces its
 #: contents in place, so loggers created before a reconfiguration follow it.
@@ -202,7 +221,15 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, bytes):
         return obj.decode("utf-8", "replace")
-    return repr(obj)
+    return _safe_repr(obj)
+
+
+def _safe_repr(obj: Any) -> str:
+    # A user object whose __repr__ raises must cost the field, not the whole event.
+    try:
+        return repr(obj)
+    except Exception:  # noqa: BLE001
+        return f"<unrepresentable {type(obj).__qualname__}>"
 
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
@@ -225,9 +252,19 @@ class JSONRenderer:
         try:
             data = orjson.dumps(event_dict, default=_json_default, option=self._option)
         except (TypeError, orjson.JSONEncodeError):
-            safe = {str(k): _stringify(v) for k, v in event_dict.items()}
+            # Only the values that cannot be serialised become strings: an ECS event keeps
+            # its nested objects when one field holds, say, a dict with tuple keys.
+            safe = {str(k): _json_safe(v) for k, v in event_dict.items()}
             data = orjson.dumps(safe, default=_json_default, option=self._option)
         return data.decode() if self.as_text else data
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return _stringify(value)
+    return value
 
 
 def _stringify(value: Any) -> Any:
@@ -235,7 +272,7 @@ def _stringify(value: Any) -> Any:
         return value
     if isinstance(value, int) and -(2**63) <= value < 2**64:
         return value
-    return repr(value)
+    return _safe_repr(value)
 
 
 def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
@@ -245,6 +282,27 @@ def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
 # C0 controls and DEL, shown escaped in text formats: no terminal escape sequences, no
 # forged lines. Tabs stay.
 _CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+
+
+class _SafeRenderer:
+    """A text renderer that falls back to ``repr``-safe values when rendering fails.
+
+    structlog's console and logfmt renderers call ``repr()`` on values; a user object whose
+    ``__repr__`` raises would otherwise cost the whole event.
+    """
+
+    def __init__(self, renderer: Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        try:
+            return self.renderer(logger, method_name, event_dict)
+        except Exception:  # noqa: BLE001
+            safe = {
+                k: v if isinstance(v, str | int | float | bool | None) else _safe_repr(v)
+                for k, v in event_dict.items()
+            }
+            return self.renderer(logger, method_name, safe)
 
 
 class _EscapeControls:
@@ -296,6 +354,7 @@ def _build_chain(
     service: str | None,
     user_processors: Sequence[Processor],
     as_text: bool,
+    schema: str = "flat",
 ) -> _Chain:
     head: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -309,24 +368,42 @@ def _build_chain(
     tail: list[Processor] = [_Guarded(p) for p in user_processors]
     tail.append(structlog.processors.StackInfoRenderer())
     if fmt == "json":
-        # Structured tracebacks without local variables: locals are where secrets leak.
-        tail.append(
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        if schema == "flat":
+            # Structured tracebacks without local variables: locals are where secrets leak.
+            tail.append(
+                structlog.processors.ExceptionRenderer(
+                    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+                )
             )
-        )
+        else:
+            # ECS error.stack_trace and OTel exception.stacktrace are text.
+            tail.append(structlog.processors.format_exc_info)
+        # Schemas rename fields for JSON output only, after redaction: user processors and
+        # the redactor see reqlog's flat names whatever the schema.
+        schema_step = schemas.schema_processor(schema)
+        if schema_step is not None:
+            tail.append(schema_step)
+        tail.append(_capture)
         tail.append(JSONRenderer(as_text=as_text))
         return _Chain(head, tail)
     if fmt == "logfmt":
         tail.append(structlog.processors.format_exc_info)
+        tail.append(_capture)
         tail.append(_EscapeControls())
-        tail.append(structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]))
+        tail.append(
+            _SafeRenderer(
+                structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
+            )
+        )
     else:
+        tail.append(_capture)
         tail.append(_EscapeControls(keep_newlines_in=("exception", "stack")))
         tail.append(
-            structlog.dev.ConsoleRenderer(
-                colors=colors,
-                exception_formatter=structlog.dev.plain_traceback,
+            _SafeRenderer(
+                structlog.dev.ConsoleRenderer(
+                    colors=colors,
+                    exception_formatter=structlog.dev.plain_traceback,
+                )
             )
         )
     if not as_text:
@@ -374,9 +451,26 @@ class _StdlibHandler(logging.Handler):
         try:
             line = self.format(record)
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
-            _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {exc!r}")
-            return
+            try:
+                line = self.format(_unformatted(record, exc))
+            except Exception as again:  # noqa: BLE001
+                _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {again!r}")
+                return
         _STATE.output.write(line.encode("utf-8", "replace") + b"\n")
+
+
+def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
+    """A copy of a record whose ``msg % args`` failed: the raw message, the arguments aside.
+
+    The standard library prints a "--- Logging error ---" report and loses the message;
+    reqlog writes the event anyway, as the template with its arguments in ``log_args``.
+    """
+    copy = logging.makeLogRecord(record.__dict__)
+    copy.msg = str(record.msg) if isinstance(record.msg, str) else repr(record.msg)
+    copy.args = None
+    copy.log_args = _safe_repr(record.args)
+    copy.log_format_error = repr(exc)
+    return copy
 
 
 def adopt_server_loggers() -> None:
@@ -454,6 +548,7 @@ def configure(
     slow_routes: Mapping[str, float] | None = None,
     trace_context: bool | None = None,
     otlp: Any = _UNSET,
+    schema: str = _UNSET,
 ) -> None:
     """Set up reqlog once at startup; calling it again replaces the whole setup.
 
@@ -495,6 +590,13 @@ def configure(
         msg = f"stdlib: expected True or False, got {stdlib!r}"
         raise ValueError(msg)
 
+    # -- schema --
+    schema_value, schema_name = _pick("schema", schema, "flat")
+    if not isinstance(schema_value, str) or schema_value.lower() not in schemas.SCHEMAS:
+        msg = f"{schema_name}: expected one of {', '.join(schemas.SCHEMAS)}, got {schema_value!r}"
+        raise ValueError(msg)
+    schema_value = schema_value.lower()
+
     slow_ms, slow_name = _pick("slow_request_ms", slow_request_ms, None)
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
     levels = StatusLevels(status_levels)
@@ -510,6 +612,7 @@ def configure(
             service=service_value,
             user_processors=user_processors,
             as_text=False,
+            schema=schema_value,
         )
         text_chain = _build_chain(
             fmt=fmt,
@@ -517,6 +620,7 @@ def configure(
             service=service_value,
             user_processors=user_processors,
             as_text=True,
+            schema=schema_value,
         )
         _add_otel(chain, text_chain, sinks, trace_context, otlp, service_value)
     except Exception:
@@ -531,6 +635,7 @@ def configure(
         status_levels=levels,
         slow=slow,
         stdlib=stdlib,
+        schema=schema_value if fmt == "json" else "flat",
     )
     handler: logging.Handler | None = None
     if stdlib:
