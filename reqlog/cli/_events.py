@@ -206,6 +206,11 @@ def format_time(seconds: float, *, date: bool = True) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
 
 
+def iso_time(seconds: float) -> str:
+    """UTC ISO 8601 with microseconds, as reqlog writes it."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 # Filters ------------------------------------------------------------------------------------
 
 

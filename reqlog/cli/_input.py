@@ -52,13 +52,10 @@ class ReadStats:
     def summary(self) -> list[str]:
         """Lines for stderr: the problems, then the skipped-line counts."""
         out = list(self.problems)
-        skipped = []
         if self.malformed:
-            skipped.append(f"{self.malformed:,} malformed")
+            out.append(f"skipped {self.malformed:,} malformed line(s)")
         if self.oversized:
-            skipped.append(f"{self.oversized:,} oversized (>{MAX_LINE >> 20} MiB)")
-        if skipped:
-            out.append("skipped " + ", ".join(skipped) + " line(s)")
+            out.append(f"skipped {self.oversized:,} line(s) longer than {MAX_LINE:,} bytes")
         return out
 
     @property
@@ -88,7 +85,7 @@ class _Source:
         kept until its newline arrives.
         """
         try:
-            block = self._read()
+            block = b"" if self.eof else self._read()
         except EOFError:
             self.stats.problem(f"{self.name}: gzip stream is truncated; read what was there")
             block = b""

@@ -514,13 +514,7 @@ def render(data: Collected, stats: ReadStats, sources: Sequence[str], title: str
 
 
 def _as_aggregate(data: Collected) -> Aggregate:
-    return Aggregate(by="route", groups=data.routes, first=_iso(data.first), last=_iso(data.last))
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+    return Aggregate(by="route", groups=data.routes, first=data.first, last=data.last)
 
 
 def run(

@@ -21,7 +21,15 @@ from typing import Any, TextIO
 
 import orjson
 
-from ._events import ACCESS_EVENTS, Event, epoch, format_time, needs_normalising, normalise
+from ._events import (
+    ACCESS_EVENTS,
+    Event,
+    epoch,
+    format_time,
+    iso_time,
+    needs_normalising,
+    normalise,
+)
 from ._input import STDIN, ReadStats, iter_chunks, iter_range
 
 GROUPINGS = ("route", "path", "status", "user", "method", "service")
@@ -95,17 +103,16 @@ class Aggregate:
 
     by: str
     groups: dict[str, Group] = field(default_factory=dict)
-    first: str | None = None
-    last: str | None = None
+    first: float | None = None
+    last: float | None = None
     requests: int = 0
 
     @property
     def span_s(self) -> float:
         """Seconds between the first and last access event (at least one second)."""
-        start, end = epoch(self.first), epoch(self.last)
-        if start is None or end is None:
+        if self.first is None or self.last is None:
             return 1.0
-        return max(end - start, 1.0)
+        return max(self.last - self.first, 1.0)
 
 
 def group_key(event: Event, by: str) -> str:
@@ -196,12 +203,12 @@ def aggregate(chunks: Iterable[bytes], stats: ReadStats, by: str) -> Aggregate:
                     group.count_4xx += weight
             if get("slow") is True:
                 group.slow += weight
-            ts = get("timestamp")
-            if type(ts) is str:
-                if first is None or ts < first:
-                    first = ts
-                if last is None or ts > last:
-                    last = ts
+            when = epoch(get("timestamp"))
+            if when is not None:
+                if first is None or when < first:
+                    first = when
+                if last is None or when > last:
+                    last = when
     stats.events += requests
     agg.first, agg.last, agg.requests = first, last, requests
     return agg
@@ -456,8 +463,8 @@ def run(
         doc = {
             "by": by,
             "sort": sort,
-            "first": agg.first,
-            "last": agg.last,
+            "first": None if agg.first is None else iso_time(agg.first),
+            "last": None if agg.last is None else iso_time(agg.last),
             "span_s": round(agg.span_s, 3),
             "access_events": agg.requests,
             "groups": [r.as_dict() for r in table],
@@ -467,10 +474,9 @@ def run(
     elif footer is None:
         print(f"reqlog: {no_requests_message(stats)}", file=err)
     else:
-        start, end = epoch(agg.first), epoch(agg.last)
         when = ""
-        if start is not None and end is not None:
-            when = f", {format_time(start)} to {format_time(end)} UTC"
+        if agg.first is not None and agg.last is not None:
+            when = f", {format_time(agg.first)} to {format_time(agg.last)} UTC"
         print(f"{_count(footer.count)} requests ({agg.requests:,} access events){when}", file=out)
         print("durations in ms; sorted by " + sort, file=out)
         print(render_table(table, footer, by), file=out)
