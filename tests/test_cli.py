@@ -228,6 +228,17 @@ def test_view_counts_malformed_and_binary_lines(
     assert err == "reqlog: skipped 2 malformed line(s)\n"
 
 
+def test_view_odd_events(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "odd.log"
+    log.write_bytes(b'{}\n{"event": 5, "level": "WARNING", "n": null, "tags": ["a b"]}\n')
+
+    assert run(["view", str(log)], capsys) == (
+        0,
+        '- [-        ] -\n- [warning  ] 5 n=None tags=["a b"]\n',
+        "",
+    )
+
+
 def test_view_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["view", "--status", "teapot"])

@@ -86,11 +86,11 @@ def short_id(request_id: Any) -> Any:
     return request_id
 
 
-def short_time(ts: Any) -> Any:
+def short_time(ts: Any) -> str:
     """``05:54:20.123`` from reqlog's ISO 8601 timestamp (the date is shown on its own line)."""
     if isinstance(ts, str) and len(ts) >= 19 and ts[10] == "T":
         return ts[11:23] if len(ts) >= 23 and ts[19] == "." else ts[11:19]
-    return ts
+    return "-" if ts is None else str(ts)
 
 
 def access_sentence(event: Event, colour: bool) -> str:
@@ -193,15 +193,15 @@ class Renderer:
         level = event.get("level")
         ts = event.get("timestamp")
         if stamp is None:
-            stamp = str(ts) if self.verbose else short_time(ts)
+            stamp = short_time(ts) if not self.verbose or ts is None else str(ts)
         if name in ACCESS_EVENTS:
             text = access_sentence(event, self.colour)
             skip = self._skip_access
         else:
-            text = name if type(name) is str else _value(name)
+            text = (name or "-") if type(name) is str else "-" if name is None else _value(name)
             skip = self._skip_other
         logger = event.get("logger") if self.verbose else None
-        parts = self._template(level if type(level) is str else "-", logger is not None)
+        parts = self._template(level.lower() if type(level) is str else "-", logger is not None)
         values = (stamp, text) if logger is None else (stamp, text, str(logger))
         pieces = [parts[0]]
         for value, part in zip(values, parts[1:], strict=True):
