@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -265,33 +267,47 @@ def test_view_follow_shows_appended_lines(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    lines = _line_queue(proc)
     try:
-        assert proc.stdout is not None
-        assert b"loading_item" in _readline_until(proc, b"loading_item")
+        assert _next_line_with(lines, b"loading_item")
         with log.open("ab") as fh:
             fh.write(orjson.dumps(COMPLETED)[:40])  # half a line: not shown yet
             fh.flush()
             time.sleep(0.3)
             fh.write(orjson.dumps(COMPLETED)[40:] + b"\n")
-        line = _readline_until(proc, b"GET /items/42")
-        assert line.endswith(
-            b"GET /items/42 -> 200 in 20.0 ms request_id=3f2a9c0e client_ip=10.0.0.1\n"
+        assert _next_line_with(lines, b"GET /items/42") == (
+            b"05:54:20.112 [info     ] GET /items/42 -> 200 in 20.0 ms"
+            b" request_id=3f2a9c0e client_ip=10.0.0.1\n"
         )
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
+    assert (proc.returncode, err) == (0, b"")
 
 
-def _readline_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 10) -> bytes:
+def _line_queue(proc: subprocess.Popen[bytes]) -> queue.Queue[bytes]:
+    """Lines of the process's stdout, read by a thread so that waiting for one can time out."""
+    lines: queue.Queue[bytes] = queue.Queue()
     assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def pump() -> None:
+        for line in iter(stdout.readline, b""):
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _next_line_with(lines: queue.Queue[bytes], needle: bytes, timeout: float = 10) -> bytes:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
         if needle in line:
             return line
-        if not line:
-            break
     pytest.fail(f"no line with {needle!r} within {timeout}s")
 
 
