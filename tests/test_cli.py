@@ -163,7 +163,10 @@ def test_view_plain_and_gzip(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert run(["view", str(log), "--color", "never"], capsys) == (0, VIEW_OUTPUT, "")
 
 
-def test_view_colours_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_view_colours_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
     log = write_log(tmp_path / "app.log")
 
     status, out, _ = run(["view", str(log), "--color", "always", "--status", "5xx"], capsys)
