@@ -61,22 +61,15 @@ def _user_identity(user: Any) -> str | None:
     return None
 
 
-_CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "reqlog_request", default=None
 )
+_CURRENT = CURRENT
 
 
 def current() -> RequestContext | None:
     """The current request's context, or ``None`` outside a request."""
     return _CURRENT.get()
-
-
-def enter(ctx: RequestContext) -> contextvars.Token[RequestContext | None]:
-    return _CURRENT.set(ctx)
-
-
-def leave(token: contextvars.Token[RequestContext | None]) -> None:
-    _CURRENT.reset(token)
 
 
 def bind(**fields: Any) -> None:
@@ -140,12 +133,15 @@ def merge_request_context(
 _STRUCTLOG_VARS: dict[str, Any] = getattr(structlog.contextvars, "_CONTEXT_VARS", {"?": None})
 
 
-def structlog_snapshot() -> contextvars.Context:
-    """Remember structlog's context-local bindings (``copy_context`` is O(1))."""
-    return contextvars.copy_context()
+def structlog_snapshot() -> contextvars.Context | None:
+    """Remember structlog's context-local bindings (``copy_context`` is O(1)).
+
+    ``None`` while structlog.contextvars was never used: there is nothing to restore then.
+    """
+    return contextvars.copy_context() if _STRUCTLOG_VARS else None
 
 
-def structlog_restore(snapshot: Mapping[contextvars.ContextVar[Any], Any]) -> None:
+def structlog_restore(snapshot: Mapping[contextvars.ContextVar[Any], Any] | None) -> None:
     """Undo whatever ``structlog.contextvars.bind_contextvars`` did since ``snapshot``.
 
     structlog keeps one context variable per key and offers no snapshot/restore. A server may
@@ -157,6 +153,6 @@ def structlog_restore(snapshot: Mapping[contextvars.ContextVar[Any], Any]) -> No
     for var, value in contextvars.copy_context().items():
         if not var.name.startswith("structlog_"):
             continue
-        before = snapshot.get(var, Ellipsis)
+        before = Ellipsis if snapshot is None else snapshot.get(var, Ellipsis)
         if value is not before:
             var.set(before)
