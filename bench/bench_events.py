@@ -1,0 +1,238 @@
+"""Per-event cost of reqlog's default chain against structlog's own plain orjson chain.
+
+Run ``python -m bench.bench_events`` (``--quick`` for a short run). Every case writes to
+``os.devnull`` through a buffered file that is flushed per line, reqlog through its output
+and the baseline through structlog's ``BytesLogger``, so both pay the same write. Cases are
+interleaved round by round (``--repeats``), each round timing ``--iterations`` calls with
+``time.perf_counter_ns``; the table shows the median round, in microseconds per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+import reqlog
+from reqlog import context, testing
+
+REQUEST_ID = "9f3b1c2d4e5f60718293a4b5c6d7e8f9"
+CONTEXT = {"request_id": REQUEST_ID, "client_ip": "10.0.0.1", "user_id": "u-1042"}
+ACCESS = {
+    "method": "GET",
+    "path": "/items/42",
+    "route": "/items/{item_id}",
+    "query": "q=shoes&page=2",
+    "status_code": 200,
+    "duration_ms": 12.345,
+    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+    "http_version": "1.1",
+    "response_bytes": 512,
+}
+
+
+@dataclass
+class Case:
+    """One measured way of logging an event."""
+
+    name: str
+    call: Callable[[], None]
+    # Entered around each round: binds the request context the case needs.
+    scope: Callable[[], AbstractContextManager[Any]]
+    baseline: str | None = None  # the case this one is compared with
+
+
+@contextmanager
+def _reqlog_request() -> Iterator[None]:
+    token = context.enter(context.RequestContext(dict(CONTEXT), None))
+    try:
+        yield
+    finally:
+        context.leave(token)
+
+
+@contextmanager
+def _structlog_request() -> Iterator[None]:
+    tokens = structlog.contextvars.bind_contextvars(**CONTEXT)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+def _plain_structlog(sink: Any) -> Any:
+    """structlog's recommended fast setup: contextvars, level, ISO time, orjson, BytesLogger."""
+    wrapper: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    return wrapper(
+        structlog.BytesLogger(sink),
+        [
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        {},
+    )
+
+
+def _reqlog_logger(sink: Any, name: str, **options: Any) -> Any:
+    testing.reset()
+    reqlog.configure(output=sink, format="json", stdlib=False, **options)
+    # The configured chain, captured: the next configure() for another case replaces
+    # reqlog's shared chain in place, so each case keeps a private copy of its own.
+    from reqlog import _config
+
+    logger = reqlog.get_logger(name)
+    processors = list(_config._PROCESSORS)
+    output = _config._STATE.output
+    bound = _config.BoundLogger(_OutputTo(output, name), processors, {})
+    del logger
+    return bound
+
+
+class _OutputTo:
+    """Like reqlog's wrapped logger, but bound to one Output (see _reqlog_logger)."""
+
+    def __init__(self, output: Any, name: str) -> None:
+        self.output = output
+        self.name = name
+
+    def msg(self, line: bytes) -> None:
+        self.output.write(line)
+
+    info = warning = error = debug = msg
+
+
+def build_cases(sink: Any) -> list[Case]:
+    """The cases, each with its own logger writing to ``sink``."""
+    plain = _plain_structlog(sink)
+    default = _reqlog_logger(sink, "app")
+    unredacted = _reqlog_logger(sink, "app", redact=False)
+    access = _reqlog_logger(sink, "reqlog.access")
+    sampled = _reqlog_logger(sink, "reqlog.access", sample_rate=0.5)
+    secret_payload = {"user": "ada", "password": "hunter2", "card": {"cvv": "123"}}
+
+    def access_event(logger: Any) -> Callable[[], None]:
+        return lambda: logger.log(logging.INFO, "request_completed", **ACCESS)
+
+    return [
+        Case(
+            "structlog plain chain, app event",
+            lambda: plain.info("loading_item", item_id=42),
+            _structlog_request,
+        ),
+        Case(
+            "reqlog default chain, app event",
+            lambda: default.info("loading_item", item_id=42),
+            _reqlog_request,
+            baseline="structlog plain chain, app event",
+        ),
+        Case(
+            "reqlog, redact=False, app event",
+            lambda: unredacted.info("loading_item", item_id=42),
+            _reqlog_request,
+            baseline="structlog plain chain, app event",
+        ),
+        Case(
+            "structlog plain chain, access event",
+            access_event(plain),
+            _structlog_request,
+        ),
+        Case(
+            "reqlog default chain, access event",
+            access_event(access),
+            _reqlog_request,
+            baseline="structlog plain chain, access event",
+        ),
+        Case(
+            "reqlog, sample_rate=0.5, access event",
+            access_event(sampled),
+            _reqlog_request,
+            baseline="structlog plain chain, access event",
+        ),
+        Case(
+            "reqlog default chain, event with secrets",
+            lambda: default.info(
+                "login failed for Bearer abc.def.ghi", payload=secret_payload, api_key="k-1"
+            ),
+            _reqlog_request,
+            baseline="structlog plain chain, app event",
+        ),
+        Case(
+            "reqlog, filtered out (debug)",
+            lambda: default.debug("loading_item", item_id=42),
+            nullcontext,
+        ),
+    ]
+
+
+def measure(cases: list[Case], iterations: int, repeats: int) -> dict[str, float]:
+    """Median microseconds per event of each case, rounds interleaved across cases."""
+    rounds: dict[str, list[float]] = {case.name: [] for case in cases}
+    for case in cases:  # warm up caches and code paths
+        with case.scope():
+            for _ in range(min(iterations, 1000)):
+                case.call()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for case in cases:
+                call = case.call
+                with case.scope():
+                    start = time.perf_counter_ns()
+                    for _ in range(iterations):
+                        call()
+                    elapsed = time.perf_counter_ns() - start
+                rounds[case.name].append(elapsed / iterations / 1000.0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def report(cases: list[Case], results: dict[str, float]) -> str:
+    """The results as a Markdown table."""
+    lines = ["| case | us/event | vs baseline |", "|---|---:|---:|"]
+    for case in cases:
+        value = results[case.name]
+        ratio = f"{value / results[case.baseline]:.2f}x" if case.baseline else ""
+        lines.append(f"| {case.name} | {value:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_events", description=__doc__)
+    parser.add_argument("--iterations", type=int, default=20_000, help="calls per round")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds per case")
+    parser.add_argument("--quick", action="store_true", help="a short run (2000 x 5)")
+    args = parser.parse_args(argv)
+    iterations, repeats = (2000, 5) if args.quick else (args.iterations, args.repeats)
+    with open(os.devnull, "wb") as sink:
+        cases = build_cases(sink)
+        results = measure(cases, iterations, repeats)
+    testing.reset()
+    print(
+        f"Python {platform.python_version()}, structlog {structlog.__version__}, "
+        f"orjson {orjson.__version__}, reqlog {reqlog.__version__}; "
+        f"{iterations} calls x {repeats} rounds, median round"
+    )
+    print(report(cases, results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
