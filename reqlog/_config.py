@@ -445,6 +445,10 @@ class _StdlibHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
+        except structlog.DropEvent:
+            # A processor dropped the record (a user's filter, sampling). DropEvent is a
+            # BaseException: uncaught, it would escape into the application's logging call.
+            return
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
             _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {exc!r}")
             return
