@@ -26,6 +26,7 @@ from reqlog.processors import (
     SlowRequests,
     StatusLevels,
     WhenPresent,
+    add_logger_name,
     parse_level,
     sample_rate_value,
 )
@@ -292,7 +293,7 @@ def _build_chain(
     head: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         context.merge_request_context,
-        structlog.stdlib.add_logger_name,
+        add_logger_name,
         structlog.processors.add_log_level,
         IsoTimeStamper("timestamp"),
     ]

@@ -32,6 +32,7 @@ __all__ = [
     "SlowRequests",
     "StatusLevels",
     "WhenPresent",
+    "add_logger_name",
     "luhn_valid",
     "normalize_key",
     "parse_level",
@@ -887,3 +888,17 @@ class WhenPresent:
         for processor in self.processors:
             result = processor(logger, method_name, result)
         return result
+
+
+def add_logger_name(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """Processor: ``logger``, the logger's name (a stdlib record's, when there is one).
+
+    structlog's ``stdlib.add_logger_name`` fails on wrapped loggers without a ``name``, such
+    as ``PrintLogger`` and ``WriteLogger``; this one leaves the key out for them, so the chain
+    from :func:`reqlog.default_processors` works with any structlog logger.
+    """
+    record = event_dict.get("_record")
+    name = record.name if record is not None else getattr(logger, "name", None)
+    if name is not None:
+        event_dict["logger"] = name
+    return event_dict
