@@ -278,7 +278,7 @@ _NON_DIGITS = bytes(c for c in range(256) if not 48 <= c <= 57)
 
 _PLAIN, _SECRET, _TEXT, _QUERY = 0, 1, 2, 3
 _SCALARS = frozenset({int, float, bool, type(None)})
-_FLAT = frozenset({str, int, float, bool, type(None)})
+_flat_types = frozenset({str, int, float, bool, type(None)}).issuperset
 # Bounds on the per-Redactor caches, so that events with ever-new keys or messages cannot
 # grow them without end; when full they start over.
 _MAX_CACHED_KEYS = 4096
@@ -496,30 +496,41 @@ class Redactor:
     # -- the processor -------------------------------------------------------------------------
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        kinds = self._kinds
         # The common event holds only strings and numbers, and its keys come in the same
         # order every time it is logged from the same place: the keys that need a look
         # (secret, free-text and query keys) are remembered per key tuple, and the values
         # are checked for containers by C-level calls, never touched one by one in Python.
-        shape = tuple(event_dict)
-        special = self._shapes.get(shape)
+        special = self._shapes.get(tuple(event_dict))
         if special is None:
-            special = tuple((key, kinds[key]) for key in shape if kinds[key] != _PLAIN)
-            if len(self._shapes) >= _MAX_CACHED_SHAPES:
-                self._shapes.clear()
-            self._shapes[shape] = special
-        if _FLAT.issuperset(map(type, event_dict.values())):
+            special = self._learn_shape(event_dict)
+        if _flat_types(map(type, event_dict.values())):
+            clean = self._clean
             for key, kind in special:
                 value = event_dict[key]
-                if kind == _TEXT:
-                    new = self._scan(value) if type(value) is str else value
-                elif kind == _SECRET:
+                if kind == _SECRET:
                     new = self._mask(value)
+                elif value in clean:  # a message or query seen before, without secrets
+                    continue
+                elif kind == _TEXT:
+                    new = self._scan(value) if type(value) is str else value
                 else:
                     new = self._query_value(value)
                 if new is not value:
                     event_dict[key] = new
             return event_dict
+        return self._walk_event(event_dict)
+
+    def _learn_shape(self, event_dict: EventDict) -> tuple[tuple[Any, int], ...]:
+        kinds = self._kinds
+        shape = tuple(event_dict)
+        special = tuple((key, kinds[key]) for key in shape if kinds[key] != _PLAIN)
+        if len(self._shapes) >= _MAX_CACHED_SHAPES:
+            self._shapes.clear()
+        self._shapes[shape] = special
+        return special
+
+    def _walk_event(self, event_dict: EventDict) -> EventDict:
+        kinds = self._kinds
         changes: list[tuple[str, Any]] | None = None
         for key, value in event_dict.items():
             kind = kinds[key]
