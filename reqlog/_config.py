@@ -15,7 +15,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from reqlog import context
+from reqlog import context, schemas
 from reqlog.output import Output, Sink, build_sinks
 from reqlog.processors import (
     AddStaticFields,
@@ -61,6 +61,7 @@ class Settings:
     status_levels: StatusLevels
     slow: SlowRequests
     stdlib: bool
+    schema: str = "flat"
     # Processors (#3): the active Redactor (None when off), for code that redacts outside
     # the chain, and the access-event sample rate.
     redactor: Redactor | None = None
@@ -80,6 +81,24 @@ class _State:
 
 
 _STATE = _State()
+
+# --- capture for tests (reqlog.testing.capture_events, the reqlog_events fixture) -----------
+
+#: Lists that receive a copy of every processed event, right before rendering. Empty outside
+#: tests, so the hook costs one truth test per event.
+_CAPTURES: list[list[dict[str, Any]]] = []
+
+
+def _capture(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Processor, last before rendering: hands a copy of the event to active captures."""
+    if _CAPTURES:
+        snapshot = dict(event_dict)
+        for events in _CAPTURES:
+            events.append(snapshot)
+    return event_dict
+
+
+# ---------------------------------------------------------------------------------------------
 
 #: The processor chain, shared by every reqlog and structlog logger. configure() replaces its
 #: contents in place, so loggers created before a reconfiguration follow it.
@@ -149,6 +168,43 @@ def access_logger() -> FilteringBoundLogger:
     return get_logger(ACCESS_LOGGER)
 
 
+_ACCESS_WRAPPED = _OutputLogger(ACCESS_LOGGER)
+_LEVEL_TO_NAME: Final = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def emit_access(level: int, event_dict: dict[str, Any]) -> None:
+    """Run one access event through the chain and write it.
+
+    The same chain and output as a bound logger's ``log()``, without building a bound logger,
+    copying its empty context and passing the fields through keyword arguments twice: the
+    access event is written for every request, so this path is measured (bench/).
+    """
+    current = _STATE.settings
+    if current is None:
+        _ensure_configured()
+        current = _STATE.settings
+        assert current is not None
+    if level < current.level:
+        return
+    method_name = _LEVEL_TO_NAME.get(level) or logging.getLevelName(level).lower()
+    try:
+        line: Any = event_dict
+        for processor in _PROCESSORS:
+            line = processor(_ACCESS_WRAPPED, method_name, line)
+    except structlog.DropEvent:
+        return
+    except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+        _STATE.output.report("chain", f"could not log event {event_dict.get('event')!r}: {exc!r}")
+        return
+    _STATE.output.write(line)
+
+
 def settings() -> Settings:
     current = _STATE.settings
     if current is None:
@@ -183,7 +239,15 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, bytes):
         return obj.decode("utf-8", "replace")
-    return repr(obj)
+    return _safe_repr(obj)
+
+
+def _safe_repr(obj: Any) -> str:
+    # A user object whose __repr__ raises must cost the field, not the whole event.
+    try:
+        return repr(obj)
+    except Exception:  # noqa: BLE001
+        return f"<unrepresentable {type(obj).__qualname__}>"
 
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
@@ -206,9 +270,19 @@ class JSONRenderer:
         try:
             data = orjson.dumps(event_dict, default=_json_default, option=self._option)
         except (TypeError, orjson.JSONEncodeError):
-            safe = {str(k): _stringify(v) for k, v in event_dict.items()}
+            # Only the values that cannot be serialised become strings: an ECS event keeps
+            # its nested objects when one field holds, say, a dict with tuple keys.
+            safe = {str(k): _json_safe(v) for k, v in event_dict.items()}
             data = orjson.dumps(safe, default=_json_default, option=self._option)
         return data.decode() if self.as_text else data
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return _stringify(value)
+    return value
 
 
 def _stringify(value: Any) -> Any:
@@ -216,7 +290,7 @@ def _stringify(value: Any) -> Any:
         return value
     if isinstance(value, int) and -(2**63) <= value < 2**64:
         return value
-    return repr(value)
+    return _safe_repr(value)
 
 
 def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
@@ -226,6 +300,27 @@ def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
 # C0 controls and DEL, shown escaped in text formats: no terminal escape sequences, no
 # forged lines. Tabs stay.
 _CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+
+
+class _SafeRenderer:
+    """A text renderer that falls back to ``repr``-safe values when rendering fails.
+
+    structlog's console and logfmt renderers call ``repr()`` on values; a user object whose
+    ``__repr__`` raises would otherwise cost the whole event.
+    """
+
+    def __init__(self, renderer: Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        try:
+            return self.renderer(logger, method_name, event_dict)
+        except Exception:  # noqa: BLE001
+            safe = {
+                k: v if isinstance(v, str | int | float | bool | None) else _safe_repr(v)
+                for k, v in event_dict.items()
+            }
+            return self.renderer(logger, method_name, safe)
 
 
 class _EscapeControls:
@@ -277,6 +372,7 @@ def _build_chain(
     service: str | None,
     user_processors: Sequence[Processor],
     as_text: bool,
+    schema: str = "flat",
     redactor: Redactor | None = None,
     sample_rate: float = 1.0,
     slow_output: Output | None = None,
@@ -306,10 +402,14 @@ def _build_chain(
     tail.extend(_Guarded(p) for p in user_processors)
     render_exception: Processor
     if fmt == "json":
-        # Structured tracebacks without local variables: locals are where secrets leak.
-        render_exception = structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        )
+        if schema == "flat":
+            # Structured tracebacks without local variables: locals are where secrets leak.
+            render_exception = structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        else:
+            # ECS error.stack_trace and OTel exception.stacktrace are text.
+            render_exception = structlog.processors.format_exc_info
     else:
         # The traceback as text *before* redaction: left to the ConsoleRenderer, it would be
         # formatted after the redactor ran. ConsoleRenderer prints an ``exception`` string as
@@ -323,12 +423,25 @@ def _build_chain(
     )
     if redactor is not None:
         tail.append(redactor)
-    if fmt == "logfmt":
-        tail.append(_EscapeControls())
-    elif fmt == "console":
-        tail.append(_EscapeControls(keep_newlines_in=("exception", "stack")))
+    # After redaction, before rendering: the schema's renaming (JSON only: user processors and
+    # the redactor see reqlog's flat names whatever the schema), the test-capture hook, and
+    # control-character escaping for the text formats.
+    finish: list[Processor] = []
+    if fmt == "json":
+        schema_step = schemas.schema_processor(schema)
+        if schema_step is not None:
+            finish.append(schema_step)
+        finish.append(_capture)
+    elif fmt == "logfmt":
+        finish += [_capture, _EscapeControls()]
+    else:
+        finish += [_capture, _EscapeControls(keep_newlines_in=("exception", "stack"))]
     if slow_output is not None:
-        tail.append(SlowRequestOutput(slow_output, _renderers(fmt, slow_colors, as_text=False)))
+        # Before the schema renames ``slow`` and ``event``; it renders with the same steps.
+        slow_render = [step for step in finish if step is not _capture]
+        slow_render += _renderers(fmt, slow_colors, as_text=False)
+        tail.append(SlowRequestOutput(slow_output, slow_render))
+    tail.extend(finish)
     tail.extend(_renderers(fmt, colors, as_text))
     return _Chain(head, tail)
 
@@ -339,12 +452,18 @@ def _renderers(fmt: str, colors: bool, as_text: bool) -> list[Processor]:
         return [JSONRenderer(as_text=as_text)]
     steps: list[Processor]
     if fmt == "logfmt":
-        steps = [structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])]
+        steps = [
+            _SafeRenderer(
+                structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
+            )
+        ]
     else:
         steps = [
-            structlog.dev.ConsoleRenderer(
-                colors=colors,
-                exception_formatter=structlog.dev.plain_traceback,
+            _SafeRenderer(
+                structlog.dev.ConsoleRenderer(
+                    colors=colors,
+                    exception_formatter=structlog.dev.plain_traceback,
+                )
             )
         ]
     if not as_text:
@@ -429,6 +548,25 @@ def _default_redactor() -> Redactor:
 # --- the standard library --------------------------------------------------------------------
 
 
+def _add_extra(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog's ExtraAdder, less what another formatter left on the record.
+
+    ``message`` and ``asctime`` are set by ``logging.Formatter.format``: a record formatted by
+    another handler first would otherwise carry its message twice. ``color_message`` is
+    uvicorn's copy of the message with terminal colour codes.
+    """
+    event_dict = _EXTRA_ADDER(logger, method_name, event_dict)
+    for key in _NOT_EXTRA:
+        event_dict.pop(key, None)
+    return event_dict
+
+
+_NOT_EXTRA = ("message", "asctime", "color_message")
+
+
+_EXTRA_ADDER = structlog.stdlib.ExtraAdder()
+
+
 def _already_logged(record: logging.LogRecord) -> bool:
     """Handler filter: drop a server's report of an exception reqlog already logged."""
     exc = record.exc_info[1] if record.exc_info else None
@@ -451,9 +589,46 @@ class _StdlibHandler(logging.Handler):
             # BaseException: uncaught, it would escape into the application's logging call.
             return
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
-            _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {exc!r}")
-            return
+            try:
+                line = self.format(_unformatted(record, exc))
+            except Exception as again:  # noqa: BLE001
+                _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {again!r}")
+                return
         _STATE.output.write(line.encode("utf-8", "replace") + b"\n")
+
+
+def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
+    """A copy of a record whose ``msg % args`` failed: the raw message, the arguments aside.
+
+    The standard library prints a "--- Logging error ---" report and loses the message;
+    reqlog writes the event anyway, as the template with its arguments in ``log_args``.
+    """
+    copy = logging.makeLogRecord(record.__dict__)
+    copy.msg = str(record.msg) if isinstance(record.msg, str) else repr(record.msg)
+    copy.args = None
+    copy.log_args = _safe_repr(record.args)
+    copy.log_format_error = repr(exc)
+    return copy
+
+
+def adopt_server_loggers() -> None:
+    """Take the server's loggers over again if the server configured them after configure().
+
+    ``uvicorn.run(app)`` applies uvicorn's logging config after the application module ran
+    configure(); the middleware calls this when the app starts, so uvicorn's lines still come
+    out once, through reqlog.
+    """
+    current = _STATE.settings
+    if current is not None and current.stdlib:
+        _take_server_loggers()
+
+
+def _take_server_loggers() -> None:
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        for h in list(server_logger.handlers):
+            server_logger.removeHandler(h)
+        server_logger.propagate = True
 
 
 def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
@@ -475,11 +650,7 @@ def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in SERVER_LOGGERS:
-        server_logger = logging.getLogger(name)
-        for h in list(server_logger.handlers):
-            server_logger.removeHandler(h)
-        server_logger.propagate = True
+    _take_server_loggers()
 
 
 # --- configure() -----------------------------------------------------------------------------
@@ -513,6 +684,9 @@ def configure(
     status_levels: Mapping[int | str, int | str] | Callable[[int, bool], int | str] | None = None,
     slow_request_ms: float | None = _UNSET,
     slow_routes: Mapping[str, float] | None = None,
+    trace_context: bool | None = None,
+    otlp: Any = _UNSET,
+    schema: str = _UNSET,
     redact: Redactor | bool = True,
     sample_rate: float = _UNSET,
     slow_output: Any = None,
@@ -522,6 +696,11 @@ def configure(
     Every option has a default; an option not passed falls back to ``REQLOG_<OPTION>`` in the
     environment where one makes sense. Invalid values raise ``ValueError`` here, naming the
     option, never later at log time.
+
+    ``trace_context`` puts the current OpenTelemetry span's ``trace_id``/``span_id`` on every
+    event (default: whenever opentelemetry-api is installed). ``otlp`` (``True``, a collector
+    URL, or a ``LoggerProvider``; ``REQLOG_OTLP``) also hands every event to OpenTelemetry's
+    log pipeline; see ``reqlog.integrations.otel``.
 
     >>> configure(service="orders", level="DEBUG", format="json")
     """
@@ -544,6 +723,13 @@ def configure(
     if not isinstance(stdlib, bool):
         msg = f"stdlib: expected True or False, got {stdlib!r}"
         raise ValueError(msg)
+
+    # -- schema --
+    schema_value, schema_name = _pick("schema", schema, "flat")
+    if not isinstance(schema_value, str) or schema_value.lower() not in schemas.SCHEMAS:
+        msg = f"{schema_name}: expected one of {', '.join(schemas.SCHEMAS)}, got {schema_value!r}"
+        raise ValueError(msg)
+    schema_value = schema_value.lower()
 
     slow_ms, slow_name = _pick("slow_request_ms", slow_request_ms, None)
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
@@ -568,6 +754,7 @@ def configure(
             "colors": colors,
             "service": service_value,
             "user_processors": user_processors,
+            "schema": schema_value,
             "redactor": redactor,
             "sample_rate": rate,
             "slow_output": slow_out,
@@ -575,6 +762,7 @@ def configure(
         }
         chain = _build_chain(as_text=False, **chain_options)
         text_chain = _build_chain(as_text=True, **chain_options)
+        _add_otel(chain, text_chain, sinks, trace_context, otlp, service_value)
     except Exception:
         for sink in [*sinks, *slow_sinks]:
             sink.close()
@@ -587,6 +775,7 @@ def configure(
         status_levels=levels,
         slow=slow,
         stdlib=stdlib,
+        schema=schema_value if fmt == "json" else "flat",
         redactor=redactor,
         sample_rate=rate,
     )
@@ -595,7 +784,7 @@ def configure(
         formatter = structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
                 *text_chain.head[:1],
-                structlog.stdlib.ExtraAdder(),
+                _add_extra,
                 *text_chain.head[1:],
             ],
             processors=[
@@ -625,6 +814,75 @@ def configure(
         old_output.close()
     if old_slow_output is not None:
         old_slow_output.close()
+
+
+# --- OpenTelemetry (reqlog.integrations.otel, imported only when asked for or installed) -----
+
+
+def _otel_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _add_otel(
+    chain: _Chain,
+    text_chain: _Chain,
+    sinks: list[Sink],
+    trace_context: bool | None,
+    otlp: Any,
+    service: str | None,
+) -> None:
+    """Put trace context on every event, and hand events to OpenTelemetry's log pipeline."""
+    if trace_context not in (None, True, False):
+        msg = f"trace_context: expected True, False or None, got {trace_context!r}"
+        raise ValueError(msg)
+    otlp_value, otlp_name = _pick("otlp", otlp, None)
+    if isinstance(otlp_value, str) and otlp_name != "otlp":
+        flag = otlp_value.strip().lower()
+        if flag in ("1", "true", "yes", "on"):
+            otlp_value = True
+        elif flag in ("0", "false", "no", "off"):
+            otlp_value = None
+    if otlp_value is False:
+        otlp_value = None
+    want_trace = trace_context if trace_context is not None else _otel_installed()
+    if not want_trace and otlp_value is None:
+        return
+    if trace_context and not _otel_installed():
+        msg = "trace_context: needs opentelemetry-api: pip install 'reqlog[otel]'"
+        raise ValueError(msg)
+    if otlp_value is not None and not _otel_installed():
+        msg = f"{otlp_name}: needs the OpenTelemetry SDK: pip install 'reqlog[otel]'"
+        raise ValueError(msg)
+    from reqlog.integrations import otel
+
+    if want_trace:
+        # In the head: user processors see the IDs, and standard-library records get them too.
+        chain.head.append(otel.add_trace_context)
+        text_chain.head.append(otel.add_trace_context)
+    if otlp_value is not None:
+        emitter = otel.build_emitter(otlp_value, service=service, option=otlp_name)
+        # After redaction, before rendering: the collector gets what the lines show.
+        for tail in (chain.tail, text_chain.tail):
+            tail.insert(_rendering_start(tail), emitter)
+        sinks.append(otel.OTLPFlushSink(emitter))
+
+
+def _rendering_start(tail: list[Processor]) -> int:
+    renderers = (
+        _EscapeControls,
+        JSONRenderer,
+        structlog.processors.LogfmtRenderer,
+        structlog.dev.ConsoleRenderer,
+    )
+    for index, processor in enumerate(tail):
+        if isinstance(processor, renderers):
+            return index
+    return len(tail)
 
 
 def _as_threshold(value: Any, option: str) -> Any:

@@ -135,6 +135,11 @@ def merge_request_context(
     return {**ctx.fields, **event_dict}
 
 
+# structlog creates one ContextVar per key on first bind and keeps them in this dict; while it
+# is empty nothing can need restoring. Private, so looked up defensively.
+_STRUCTLOG_VARS: dict[str, Any] = getattr(structlog.contextvars, "_CONTEXT_VARS", {"?": None})
+
+
 def structlog_snapshot() -> contextvars.Context:
     """Remember structlog's context-local bindings (``copy_context`` is O(1))."""
     return contextvars.copy_context()
@@ -147,6 +152,8 @@ def structlog_restore(snapshot: Mapping[contextvars.ContextVar[Any], Any]) -> No
     run several keep-alive requests in one task context (uvicorn #2167), so bindings made by
     an async endpoint would otherwise leak into the next request on the connection.
     """
+    if not _STRUCTLOG_VARS:
+        return  # structlog.contextvars was never used: nothing can have been bound
     for var, value in contextvars.copy_context().items():
         if not var.name.startswith("structlog_"):
             continue

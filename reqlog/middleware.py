@@ -7,20 +7,22 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgi_correlation_id.context import correlation_id
 from asgi_correlation_id.extensions.sentry import get_sentry_extension
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reqlog import _config, context
+from reqlog import _config, bodies, context
 
 __all__ = ["RequestLoggingMiddleware", "is_valid_request_id"]
 
@@ -48,7 +50,15 @@ def is_valid_request_id(value: str) -> bool:
 
 
 def _new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A random UUID4 as 32 hex digits, like asgi-correlation-id's ``uuid4().hex``.
+
+    Built from ``os.urandom`` directly: ``uuid.uuid4()`` constructs a UUID object only to
+    print it, a quarter of reqlog's own per-request cost.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def _mark_logged(exc: BaseException) -> None:
@@ -77,6 +87,11 @@ class RequestLoggingMiddleware:
         trusted_proxies: Iterable[str] = (),
         exclude_paths: Iterable[str] = (),
         clock: Callable[[], float] = time.perf_counter,
+        log_request_body: bool = False,
+        log_response_body: bool = False,
+        body_max_bytes: int = 4096,
+        log_headers: bool = False,
+        capture_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         if not isinstance(request_id_header, str) or not _TOKEN.fullmatch(request_id_header):
@@ -95,11 +110,19 @@ class RequestLoggingMiddleware:
         self._trusted = _parse_networks(trusted_proxies)
         self._is_trusted = functools.lru_cache(maxsize=4096)(self._check_trusted)
         self._exclude_exact, self._exclude_prefixes = _parse_excludes(exclude_paths)
+        # None unless some capture is on: then the request path is exactly as without it.
+        self._capture = bodies.CaptureOptions.create(
+            log_request_body=log_request_body,
+            log_response_body=log_response_body,
+            body_max_bytes=body_max_bytes,
+            log_headers=log_headers,
+            paths=_parse_excludes(capture_paths, "capture_paths"),
+        )
         self._clock = clock
         self._sentry = get_sentry_extension()
-        self._log = _config.access_logger()
         # request_completed replaces the server's access line.
         logging.getLogger("uvicorn.access").disabled = True
+        _config.adopt_server_loggers()
 
     # -- request ID and client -----------------------------------------------------------------
 
@@ -207,6 +230,15 @@ class RequestLoggingMiddleware:
         send_failed = False
         app_at_entry = scope.get("app")
         root_path_at_entry = scope.get("root_path", "")
+        capture: bodies.Capture | None = None
+        if (
+            self._capture is not None
+            and self._capture.applies(scope["path"])
+            and not self._excluded(scope["path"])
+        ):
+            capture = bodies.Capture(self._capture, scope)
+            receive = capture.wrap_receive(receive)
+            send = capture.wrap_send(send)
 
         async def receive_wrapper() -> Message:
             nonlocal disconnected
@@ -239,10 +271,10 @@ class RequestLoggingMiddleware:
 
         def access_fields() -> dict[str, Any]:
             finished = end if end is not None else clock()
-            return {
+            fields = {
                 "method": scope["method"],
                 "path": scope["path"],
-                "route": _route_template(scope, root_path_at_entry),
+                "route": _route_template(scope, root_path_at_entry, app_at_entry or self.app),
                 "query": scope.get("query_string", b"").decode("latin-1"),
                 "status_code": status_code,
                 "duration_ms": round((finished - start) * 1000.0, 3),
@@ -250,6 +282,9 @@ class RequestLoggingMiddleware:
                 "http_version": scope.get("http_version"),
                 "response_bytes": response_bytes,
             }
+            if capture is not None:
+                fields.update(capture.fields())
+            return fields
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
@@ -294,8 +329,8 @@ class RequestLoggingMiddleware:
                 slow = True
                 fields["slow"] = True
                 fields["slow_threshold_ms"] = threshold
-        level = settings.status_levels(fields["status_code"], slow)
-        self._log.log(level, event, **fields)
+        fields["event"] = event
+        _config.emit_access(settings.status_levels(fields["status_code"], slow), fields)
 
     def _disconnected(
         self, scope: Scope, ctx: context.RequestContext, fields: dict[str, Any], started: bool
@@ -317,13 +352,11 @@ class RequestLoggingMiddleware:
             fields["status_code"] = 500
         elif not complete:
             fields["response_incomplete"] = True
-        self._log.error(
-            "request_failed",
-            error_type=type(exc).__qualname__,
-            error_message=str(exc),
-            exc_info=exc,
-            **fields,
-        )
+        fields["event"] = "request_failed"
+        fields["error_type"] = type(exc).__qualname__
+        fields["error_message"] = str(exc)
+        fields["exc_info"] = exc
+        _config.emit_access(logging.ERROR, fields)
 
     # -- websockets ----------------------------------------------------------------------------
 
@@ -342,6 +375,7 @@ class RequestLoggingMiddleware:
         close_code: int | None = None
         closed_by: str | None = None
         root_path_at_entry = scope.get("root_path", "")
+        app_at_entry = scope.get("app") or self.app
 
         async def receive_wrapper() -> Message:
             nonlocal close_code, closed_by
@@ -372,7 +406,7 @@ class RequestLoggingMiddleware:
             if not self._excluded(scope["path"]):
                 fields: dict[str, Any] = {
                     "path": scope["path"],
-                    "route": _route_template(scope, root_path_at_entry),
+                    "route": _route_template(scope, root_path_at_entry, app_at_entry),
                     "accepted": accepted,
                     "close_code": close_code if close_code is not None else 1006,
                     "closed_by": closed_by,
@@ -381,15 +415,14 @@ class RequestLoggingMiddleware:
                 }
                 if error is not None and not _is_cancellation(error):
                     _mark_logged(error)
-                    self._log.error(
-                        "websocket_failed",
-                        error_type=type(error).__qualname__,
-                        error_message=str(error),
-                        exc_info=error,
-                        **fields,
-                    )
+                    fields["event"] = "websocket_failed"
+                    fields["error_type"] = type(error).__qualname__
+                    fields["error_message"] = str(error)
+                    fields["exc_info"] = error
+                    _config.emit_access(logging.ERROR, fields)
                 else:
-                    self._log.info("websocket_closed", **fields)
+                    fields["event"] = "websocket_closed"
+                    _config.emit_access(logging.INFO, fields)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -404,22 +437,62 @@ def _with_header(message: Message, name: bytes, value: bytes) -> Message:
     return {**message, "headers": headers}
 
 
-def _route_template(scope: Scope, root_path_at_entry: str) -> str | None:
+def _route_template(scope: Scope, root_path_at_entry: str, app: Any = None) -> str | None:
+    """The matched route as a template (``/users/{uid}/posts/{pid}``), or ``None`` (404).
+
+    Routers record only the innermost route in ``scope["route"]``; the mounts crossed on the
+    way show only as the growth of ``root_path``, with actual values (``/users/42``). So the
+    mount part is found again by walking the mounts from the app the request entered, which
+    costs a few regex matches and only on requests that went through a mount.
+    """
     route = scope.get("route")
-    if route is None:
-        return None
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if not isinstance(template, str):
-        return None
     root_path = scope.get("root_path", "")
-    prefix = (
-        root_path[len(root_path_at_entry) :] if root_path.startswith(root_path_at_entry) else ""
-    )
-    if isinstance(route, Mount):
-        # The mounted app did not say which of its routes matched (static files, a plain ASGI
-        # app): name the mount. Its matched path is already in the root path.
-        return (prefix or template) + "/{path}"
-    return prefix + template
+    consumed = len(root_path) - len(root_path_at_entry)
+    prefix = ""
+    mount: Mount | None = None
+    if consumed > 0 and root_path.startswith(root_path_at_entry):
+        found = _mount_templates(app, scope.get("path", "")[len(root_path_at_entry) :], consumed)
+        if found is None:  # not Starlette mounts: name them by their values, as matched
+            prefix = root_path[len(root_path_at_entry) :]
+        else:
+            prefix, mount = found
+    if route is None or isinstance(route, Mount):
+        if isinstance(route, Mount) and route is not mount:
+            prefix, mount = prefix + route.path, route
+        if mount is not None and not mount.routes:
+            # A plain ASGI app or static files: they say nothing about what matched.
+            return prefix + "/{path}"
+        # Not found (here or in a mounted app), unless the framework names it in the scope
+        # (Litestar: ``path_template``).
+        template = scope.get("path_template")
+        return prefix + template if isinstance(template, str) and mount is None else None
+    # FastAPI keeps included routers unflattened: their route knows only its own path, the
+    # full template (prefixes included) is on FastAPI's effective route context.
+    effective = (scope.get("fastapi") or {}).get("effective_route_context")
+    template = getattr(effective, "path_format", None) or getattr(route, "path_format", None)
+    if not isinstance(template, str):
+        template = getattr(route, "path", None)
+    return prefix + template if isinstance(template, str) else None
+
+
+def _mount_templates(app: Any, path: str, consumed: int) -> tuple[str, Mount | None] | None:
+    # Starlette's Router takes the first Mount whose pattern matches; the same walk here.
+    template = ""
+    mount: Mount | None = None
+    routes = getattr(app, "routes", None)
+    while consumed > 0:
+        for candidate in routes or ():
+            match = candidate.path_regex.match(path) if isinstance(candidate, Mount) else None
+            if match is not None:
+                break
+        else:
+            return None
+        rest = "/" + match.group("path")
+        consumed -= len(path) - len(rest)
+        path, mount = rest, candidate
+        template += candidate.path
+        routes = candidate.routes
+    return (template, mount) if consumed == 0 else None
 
 
 async def _send_error_response(
@@ -433,28 +506,52 @@ async def _send_error_response(
     by running Starlette's own ``ServerErrorMiddleware`` on the exception; the outer one then
     sees a response already started and only re-raises.
     """
+    if app is None or not hasattr(app, "exception_handlers"):
+        # Not Starlette: answer as the server would, with the ID.
+        await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+        return
     handler = None
-    debug = False
-    if app is not None and hasattr(app, "exception_handlers"):
-        for key, value in app.exception_handlers.items():
-            if key in (500, Exception):
-                handler = value
-        debug = bool(getattr(app, "debug", False))
+    for key, value in app.exception_handlers.items():
+        if key in (500, Exception):
+            handler = value
+    debug = bool(getattr(app, "debug", False))
+    outer = getattr(app, "middleware_stack", None)
+    if handler is not None and isinstance(outer, ServerErrorMiddleware):
+        # The outer ServerErrorMiddleware calls the handler before it checks whether a
+        # response started: without this, a handler that reports errors would run twice.
+        if outer.handler is not None and not isinstance(outer.handler, _SkipAnswered):
+            outer.handler = _SkipAnswered(outer.handler)
+        if isinstance(outer.handler, _SkipAnswered):
+            handler = outer.handler.handler
 
     async def reraise(scope: Scope, receive: Receive, send: Send) -> None:
         raise exc
 
     try:
-        if app is None or not hasattr(app, "exception_handlers"):
-            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
-        else:
-            await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(scope, receive, send)
-    except Exception as raised:  # noqa: BLE001
+        await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(scope, receive, send)
+    except Exception as raised:  # noqa: BLE001 - the app's handler must not hide the original
         if raised is not exc:
             # The app's own error handler failed: the server will answer with its own 500.
             _config.current_output().report(
                 "error_handler", f"the application's 500 handler raised {raised!r}"
             )
+    with contextlib.suppress(AttributeError, TypeError):
+        exc._reqlog_answered = True  # type: ignore[attr-defined]
+
+
+class _SkipAnswered:
+    """The app's 500 handler, skipped for an exception reqlog already answered."""
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+
+    async def __call__(self, request: Any, exc: Exception) -> Any:
+        if getattr(exc, "_reqlog_answered", False):
+            # Never sent: the outer middleware sees the response reqlog already started.
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        if is_async_callable(self.handler):
+            return await self.handler(request, exc)
+        return await run_in_threadpool(self.handler, request, exc)
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -486,14 +583,16 @@ def _parse_networks(
     return tuple(networks)
 
 
-def _parse_excludes(values: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+def _parse_excludes(
+    values: Iterable[str], option: str = "exclude_paths"
+) -> tuple[frozenset[str], tuple[str, ...]]:
     if isinstance(values, str):
         values = [values]
     exact: set[str] = set()
     prefixes: list[str] = []
     for value in values:
         if not isinstance(value, str) or not value.startswith("/"):
-            msg = f"exclude_paths: paths start with '/', got {value!r}"
+            msg = f"{option}: paths start with '/', got {value!r}"
             raise ValueError(msg)
         if value.endswith("*"):
             prefixes.append(value[:-1])

@@ -597,6 +597,18 @@ class Redactor:
             return value
         if isinstance(value, bytes | bytearray):
             return self._censor_bytes
+        if type(value) is list or type(value) is tuple:
+            # Repeated values, such as several Set-Cookie headers: one censor each, so the
+            # count still shows.
+            masked = [self._mask_one(item) for item in value]
+            return masked if type(value) is list else tuple(masked)
+        return self.censor
+
+    def _mask_one(self, value: Any) -> Any:
+        if value is None or value is True or value is False:
+            return value
+        if isinstance(value, bytes | bytearray):
+            return self._censor_bytes
         return self.censor
 
     def _query_value(self, value: Any) -> Any:

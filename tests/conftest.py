@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import pydantic.v1  # noqa: F401 - defines date subclasses: import before freezegun fakes date
 import pytest
 
 import reqlog
@@ -40,6 +41,8 @@ class LogOutput:
 def _reset_reqlog() -> Iterator[None]:
     testing.reset()
     uvicorn_levels = {n: logging.getLogger(n).level for n in ("uvicorn", "uvicorn.error")}
+    # httpx logs every request it makes at INFO: noise in tests that read the whole output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     yield
     testing.reset()
     for name, level in uvicorn_levels.items():

@@ -13,7 +13,6 @@ import httpx
 import orjson
 import pytest
 import structlog
-from conftest import LogOutput
 from fastapi import FastAPI, HTTPException
 from freezegun import freeze_time
 from structlog.typing import EventDict
@@ -28,6 +27,7 @@ from reqlog.processors import (
     WhenPresent,
     sample_score,
 )
+from tests.conftest import LogOutput
 
 LOW_ID = "00000000" + "0" * 24  # sample score 0.0: kept at every rate
 HIGH_ID = "ffffffff" + "0" * 24  # sample score ~1.0: dropped at every rate below 1
@@ -143,6 +143,7 @@ def test_default_chain_order() -> None:
         "_Guarded",  # the user's processor, guarded
         "WhenPresent",  # stack info and exceptions, when present
         "Redactor",
+        "_capture",  # reqlog.testing's hook: a no-op outside tests
         "JSONRenderer",
     ]
     assert _names(reqlog.default_processors(format="console", redact=False)) == [
@@ -152,8 +153,9 @@ def test_default_chain_order() -> None:
         "add_log_level",
         "IsoTimeStamper",
         "WhenPresent",
+        "_capture",
         "_EscapeControls",
-        "ConsoleRenderer",
+        "_SafeRenderer",  # ConsoleRenderer, falling back to safe reprs
     ]
 
 

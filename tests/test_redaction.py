@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import LogOutput
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 from structlog.typing import EventDict
@@ -27,6 +26,7 @@ from reqlog.processors import (
     luhn_valid,
     normalize_key,
 )
+from tests.conftest import LogOutput
 
 R = "[REDACTED]"
 JWT_TOKEN = (
@@ -125,8 +125,13 @@ def test_none_and_booleans_are_kept_under_secret_keys() -> None:
 
 
 def test_secret_key_hides_a_whole_structure() -> None:
-    event = {"event": "e", "credentials": {"user": "ada", "pass": "x"}, "cookies": ["a", "b"]}
-    assert redact(event) == {"event": "e", "credentials": R, "cookies": R}
+    event = {"event": "e", "credentials": {"user": "ada", "pass": "x"}, "cookie": "a=1; b=2"}
+    assert redact(event) == {"event": "e", "credentials": R, "cookie": R}
+
+
+def test_repeated_values_under_a_secret_key_keep_their_count() -> None:
+    event = {"event": "e", "set-cookie": ["a=1", "b=2"], "token": ("t", None, {"x": 1})}
+    assert redact(event) == {"event": "e", "set-cookie": [R, R], "token": (R, None, R)}
 
 
 def test_bytes_values_get_a_bytes_censor() -> None:

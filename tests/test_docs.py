@@ -1,0 +1,155 @@
+"""The documentation: every python block in docs/*.md and README.md runs, and the site builds.
+
+A block preceded by ``<!-- no-exec: why -->`` is skipped (it needs a server, or a part not
+there yet); the reason is part of the marker so it can be reviewed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import re
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import reqlog
+from reqlog import schemas
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+README = ROOT / "README.md"
+
+_FENCE = re.compile(r"^```(?:python|py)\s*$")
+_NO_EXEC = re.compile(r"^<!--\s*no-exec\b.*-->\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    path: Path
+    line: int  # of the opening fence, 1-based
+    code: str
+    skip: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.name}:{self.line}"
+
+
+def python_blocks(path: Path) -> list[Block]:
+    blocks: list[Block] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        if _FENCE.match(lines[i]):
+            start = i
+            previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            skip = previous.strip() if _NO_EXEC.match(previous.strip()) else None
+            i += 1
+            body: list[str] = []
+            while i < len(lines) and lines[i].rstrip() != "```":
+                body.append(lines[i])
+                i += 1
+            blocks.append(Block(path, start + 1, "\n".join(body) + "\n", skip))
+        i += 1
+    return blocks
+
+
+BLOCKS = [b for p in [*PAGES, *([README] if README.exists() else [])] for b in python_blocks(p)]
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
+def test_code_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if block.skip is not None:
+        pytest.skip(block.skip)
+    # Each block runs alone, in a fresh namespace and an empty directory (files it writes land
+    # there); the shared autouse fixture resets reqlog before and after.
+    monkeypatch.chdir(tmp_path)
+    # A real module: frameworks resolve annotations through sys.modules[__module__].
+    module = types.ModuleType("docs_example")
+    monkeypatch.setitem(sys.modules, "docs_example", module)
+    exec(compile(block.code, str(block.path) + f":{block.line}", "exec"), module.__dict__)
+    reqlog.flush()
+
+
+def test_the_docs_have_python_blocks() -> None:
+    # Guards the extractor: a change of fence style must not make the test above vacuous.
+    assert len(BLOCKS) >= 10
+
+
+def test_every_page_is_in_the_nav() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = set(re.findall(r"^\s+- [^:]+: (\S+\.md)\s*$", config, flags=re.MULTILINE))
+    assert nav == {p.name for p in PAGES}
+
+
+def test_configuration_page_documents_every_option() -> None:
+    page = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    configure_options = inspect.signature(reqlog.configure).parameters
+    middleware_options = [
+        name
+        for name in inspect.signature(reqlog.RequestLoggingMiddleware.__init__).parameters
+        if name not in ("self", "app")
+    ]
+    missing = [
+        name for name in [*configure_options, *middleware_options] if f"| `{name}` |" not in page
+    ]
+    assert missing == []
+
+
+def _table_rows(page: str, heading: str) -> dict[str, list[str]]:
+    section = page.split(heading, 1)[1].split("\n#", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if re.fullmatch(r"`\w+`", cells[0]) and len(cells) >= 3:
+            rows[cells[0].strip("`")] = [c.strip("`") for c in cells[1:]]
+    return rows
+
+
+def test_schema_field_table_matches_the_mappings() -> None:
+    page = (DOCS / "events.md").read_text(encoding="utf-8")
+    rows = _table_rows(page, "### Field names by schema")
+    for flat in {*schemas.ECS_FIELDS, *schemas.OTEL_FIELDS}:
+        ecs, otel = rows[flat][0], rows[flat][1]
+        assert ecs == schemas.ECS_FIELDS.get(flat, flat), flat
+        assert otel == schemas.OTEL_FIELDS.get(flat, flat), flat
+    for flat, (ecs, otel, *_) in rows.items():
+        assert ecs == schemas.ECS_FIELDS.get(flat, flat), flat
+        assert otel == schemas.OTEL_FIELDS.get(flat, flat), flat
+
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.mark.skipif(not hasattr(reqlog, "Redactor"), reason="the Redactor is not on this branch")
+def test_testing_page_fixture_example_passes(pytester: pytest.Pytester) -> None:
+    (block,) = [
+        b for b in python_blocks(DOCS / "testing.md") if "def test_login_is_logged" in b.code
+    ]
+    pytester.makepyfile(test_example=block.code)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (docs extra)"
+)
+def test_site_builds(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "api" / "index.html").exists()
