@@ -479,6 +479,7 @@ def default_processors(
     redact: Redactor | bool = True,
     sample_rate: float = 1.0,
     colors: bool = False,
+    schema: str = "flat",
 ) -> list[Processor]:
     """The processor chain configure() builds, as a new list you may change and reuse.
 
@@ -498,6 +499,9 @@ def default_processors(
     if service is not None and not isinstance(service, str):
         msg = f"service: expected a string, got {service!r}"
         raise ValueError(msg)
+    if not isinstance(schema, str) or schema.lower() not in schemas.SCHEMAS:
+        msg = f"schema: expected one of {', '.join(schemas.SCHEMAS)}, got {schema!r}"
+        raise ValueError(msg)
     chain = _build_chain(
         fmt=format.lower(),
         colors=bool(colors),
@@ -506,6 +510,7 @@ def default_processors(
         as_text=True,
         redactor=_redactor_option(redact),
         sample_rate=sample_rate_value(sample_rate),
+        schema=schema.lower(),
     )
     return [*chain.head, *chain.tail]
 

@@ -186,6 +186,7 @@ def test_default_processors_drive_plain_structlog() -> None:
         ({"processors": [1]}, "processors"),
         ({"redact": "no"}, "redact"),
         ({"sample_rate": 0}, "sample_rate"),
+        ({"schema": "xml"}, "schema"),
     ],
 )
 def test_default_processors_validate(kwargs: dict[str, Any], option: str) -> None:
