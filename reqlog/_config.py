@@ -17,9 +17,21 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 from reqlog import context, schemas
 from reqlog.output import Output, Sink, build_sinks
-from reqlog.processors import AddStaticFields, SlowRequests, StatusLevels, parse_level
+from reqlog.processors import (
+    AddStaticFields,
+    IsoTimeStamper,
+    Redactor,
+    Sampler,
+    SlowRequestOutput,
+    SlowRequests,
+    StatusLevels,
+    WhenPresent,
+    add_logger_name,
+    parse_level,
+    sample_rate_value,
+)
 
-__all__ = ["configure", "get_logger", "is_configured"]
+__all__ = ["configure", "default_processors", "get_logger", "is_configured"]
 
 Format = Literal["json", "console", "logfmt", "auto"]
 _FORMATS: Final = ("json", "console", "logfmt", "auto")
@@ -50,6 +62,10 @@ class Settings:
     slow: SlowRequests
     stdlib: bool
     schema: str = "flat"
+    # Processors (#3): the active Redactor (None when off), for code that redacts outside
+    # the chain, and the access-event sample rate.
+    redactor: Redactor | None = None
+    sample_rate: float = 1.0
 
 
 class _State:
@@ -60,6 +76,8 @@ class _State:
         self.settings: Settings | None = None
         self.handler: logging.Handler | None = None
         self.lock = threading.RLock()
+        # The second output for slow requests (configure(slow_output=...)), if any.
+        self.slow_output: Output | None = None
 
 
 _STATE = _State()
@@ -355,60 +373,181 @@ def _build_chain(
     user_processors: Sequence[Processor],
     as_text: bool,
     schema: str = "flat",
+    redactor: Redactor | None = None,
+    sample_rate: float = 1.0,
+    slow_output: Output | None = None,
+    slow_colors: bool = False,
 ) -> _Chain:
+    """The default chain, in the order docs/processors.md documents.
+
+    head: contextvars, request context, logger name, level, timestamp, [service].
+    tail: [sampling], user processors, stack info, exceptions, [redaction], [control-character
+    escaping], [slow-request output], rendering. Redaction comes after the user processors (a
+    field one adds is still redacted) and after exceptions are rendered (so tracebacks are
+    searched too), and before anything is rendered or written.
+    """
     head: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         context.merge_request_context,
-        structlog.stdlib.add_logger_name,
+        add_logger_name,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        IsoTimeStamper("timestamp"),
     ]
     if service is not None:
         head.append(AddStaticFields({"service": service}))
-    tail: list[Processor] = [_Guarded(p) for p in user_processors]
-    tail.append(structlog.processors.StackInfoRenderer())
+    tail: list[Processor] = []
+    if sample_rate < 1.0:
+        # Before the user processors: it reads reqlog's own fields, which they may rename.
+        tail.append(Sampler(sample_rate))
+    tail.extend(_Guarded(p) for p in user_processors)
+    render_exception: Processor
     if fmt == "json":
         if schema == "flat":
             # Structured tracebacks without local variables: locals are where secrets leak.
-            tail.append(
-                structlog.processors.ExceptionRenderer(
-                    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-                )
+            render_exception = structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             )
         else:
             # ECS error.stack_trace and OTel exception.stacktrace are text.
-            tail.append(structlog.processors.format_exc_info)
-        # Schemas rename fields for JSON output only, after redaction: user processors and
-        # the redactor see reqlog's flat names whatever the schema.
+            render_exception = structlog.processors.format_exc_info
+    else:
+        # The traceback as text *before* redaction: left to the ConsoleRenderer, it would be
+        # formatted after the redactor ran. ConsoleRenderer prints an ``exception`` string as
+        # is, exactly as its ``plain_traceback`` formatter would have.
+        render_exception = structlog.processors.format_exc_info
+    tail.append(
+        WhenPresent(
+            ("stack_info", "exc_info"),
+            [structlog.processors.StackInfoRenderer(), render_exception],
+        )
+    )
+    if redactor is not None:
+        tail.append(redactor)
+    # After redaction, before rendering: the schema's renaming (JSON only: user processors and
+    # the redactor see reqlog's flat names whatever the schema), the test-capture hook, and
+    # control-character escaping for the text formats.
+    finish: list[Processor] = []
+    if fmt == "json":
         schema_step = schemas.schema_processor(schema)
         if schema_step is not None:
-            tail.append(schema_step)
-        tail.append(_capture)
-        tail.append(JSONRenderer(as_text=as_text))
-        return _Chain(head, tail)
+            finish.append(schema_step)
+        finish.append(_capture)
+    elif fmt == "logfmt":
+        finish += [_capture, _EscapeControls()]
+    else:
+        finish += [_capture, _EscapeControls(keep_newlines_in=("exception", "stack"))]
+    if slow_output is not None:
+        # Before the schema renames ``slow`` and ``event``; it renders with the same steps.
+        slow_render = [step for step in finish if step is not _capture]
+        slow_render += _renderers(fmt, slow_colors, as_text=False)
+        tail.append(SlowRequestOutput(slow_output, slow_render))
+    tail.extend(finish)
+    tail.extend(_renderers(fmt, colors, as_text))
+    return _Chain(head, tail)
+
+
+def _renderers(fmt: str, colors: bool, as_text: bool) -> list[Processor]:
+    """The last processors: the event as a line (bytes ending in a newline, or text)."""
+    if fmt == "json":
+        return [JSONRenderer(as_text=as_text)]
+    steps: list[Processor]
     if fmt == "logfmt":
-        tail.append(structlog.processors.format_exc_info)
-        tail.append(_capture)
-        tail.append(_EscapeControls())
-        tail.append(
+        steps = [
             _SafeRenderer(
                 structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
             )
-        )
+        ]
     else:
-        tail.append(_capture)
-        tail.append(_EscapeControls(keep_newlines_in=("exception", "stack")))
-        tail.append(
+        steps = [
             _SafeRenderer(
                 structlog.dev.ConsoleRenderer(
                     colors=colors,
                     exception_formatter=structlog.dev.plain_traceback,
                 )
             )
-        )
+        ]
     if not as_text:
-        tail.append(_encode_line)
-    return _Chain(head, tail)
+        steps.append(_encode_line)
+    return steps
+
+
+def default_processors(
+    *,
+    format: str = "json",  # noqa: A002 - the option's name in configure()
+    service: str | None = None,
+    processors: Sequence[Processor] = (),
+    redact: Redactor | bool = True,
+    sample_rate: float = 1.0,
+    colors: bool = False,
+    schema: str = "flat",
+) -> list[Processor]:
+    """The processor chain configure() builds, as a new list you may change and reuse.
+
+    The options mean what they mean in configure(). The last processor returns the rendered
+    line as ``str`` without a newline, which is what structlog's ``PrintLogger`` and
+    ``WriteLogger`` and the standard library's handlers expect. For example, a worker process
+    that uses structlog directly but wants reqlog's fields, redaction and format::
+
+        structlog.configure(
+            processors=reqlog.default_processors(service="orders-worker"),
+            logger_factory=structlog.WriteLoggerFactory(),
+        )
+    """
+    if not isinstance(format, str) or format.lower() not in ("json", "console", "logfmt"):
+        msg = f"format: expected one of json, console, logfmt, got {format!r}"
+        raise ValueError(msg)
+    if service is not None and not isinstance(service, str):
+        msg = f"service: expected a string, got {service!r}"
+        raise ValueError(msg)
+    if not isinstance(schema, str) or schema.lower() not in schemas.SCHEMAS:
+        msg = f"schema: expected one of {', '.join(schemas.SCHEMAS)}, got {schema!r}"
+        raise ValueError(msg)
+    chain = _build_chain(
+        fmt=format.lower(),
+        colors=bool(colors),
+        service=service,
+        user_processors=_user_processors(processors),
+        as_text=True,
+        redactor=_redactor_option(redact),
+        sample_rate=sample_rate_value(sample_rate),
+        schema=schema.lower(),
+    )
+    return [*chain.head, *chain.tail]
+
+
+def _user_processors(processors: Any) -> list[Processor]:
+    if not isinstance(processors, Sequence | Iterable) or isinstance(processors, str | bytes):
+        msg = f"processors: expected a list of processors, got {processors!r}"
+        raise ValueError(msg)
+    user_processors = list(processors)
+    for proc in user_processors:
+        if not callable(proc):
+            msg = f"processors: {proc!r} is not callable (logger, method_name, event_dict)"
+            raise ValueError(msg)
+    return user_processors
+
+
+def _redactor_option(redact: Any) -> Redactor | None:
+    """``redact=``: True for the default Redactor, False to turn redaction off, or a Redactor."""
+    if isinstance(redact, Redactor):
+        return redact
+    if redact is True:
+        return _default_redactor()
+    if redact is False:
+        return None
+    msg = f"redact: expected a reqlog.Redactor, True or False, got {redact!r}"
+    raise ValueError(msg)
+
+
+_DEFAULT_REDACTOR: list[Redactor] = []
+
+
+def _default_redactor() -> Redactor:
+    # One default instance for the process: its key and clean-text caches stay warm across
+    # reconfigurations.
+    if not _DEFAULT_REDACTOR:
+        _DEFAULT_REDACTOR.append(Redactor())
+    return _DEFAULT_REDACTOR[0]
 
 
 # --- the standard library --------------------------------------------------------------------
@@ -450,6 +589,10 @@ class _StdlibHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
+        except structlog.DropEvent:
+            # A processor dropped the record (a user's filter, sampling). DropEvent is a
+            # BaseException: uncaught, it would escape into the application's logging call.
+            return
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
             try:
                 line = self.format(_unformatted(record, exc))
@@ -549,6 +692,9 @@ def configure(
     trace_context: bool | None = None,
     otlp: Any = _UNSET,
     schema: str = _UNSET,
+    redact: Redactor | bool = True,
+    sample_rate: float = _UNSET,
+    slow_output: Any = None,
 ) -> None:
     """Set up reqlog once at startup; calling it again replaces the whole setup.
 
@@ -578,14 +724,7 @@ def configure(
         msg = f"{service_name}: expected a string, got {service_value!r}"
         raise ValueError(msg)
 
-    if not isinstance(processors, Sequence | Iterable) or isinstance(processors, str | bytes):
-        msg = f"processors: expected a list of processors, got {processors!r}"
-        raise ValueError(msg)
-    user_processors = list(processors)
-    for proc in user_processors:
-        if not callable(proc):
-            msg = f"processors: {proc!r} is not callable (logger, method_name, event_dict)"
-            raise ValueError(msg)
+    user_processors = _user_processors(processors)
     if not isinstance(stdlib, bool):
         msg = f"stdlib: expected True or False, got {stdlib!r}"
         raise ValueError(msg)
@@ -601,30 +740,36 @@ def configure(
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
     levels = StatusLevels(status_levels)
 
+    # -- processors (#3): redaction, sampling, the slow-request output
+    redactor = _redactor_option(redact)
+    rate_value, rate_name = _pick("sample_rate", sample_rate, 1.0)
+    rate = sample_rate_value(rate_value, rate_name)
+
     sinks: list[Sink] = build_sinks(out_value, out_name)
+    slow_sinks: list[Sink] = []
     try:
+        if slow_output is not None:
+            slow_sinks = build_sinks(slow_output, "slow_output")
+        slow_out = Output(slow_sinks) if slow_sinks else None
         if fmt == "auto":
             fmt = "console" if _isatty(sinks[0]) else "json"
         colors = fmt == "console" and _isatty(sinks[0])
-        chain = _build_chain(
-            fmt=fmt,
-            colors=colors,
-            service=service_value,
-            user_processors=user_processors,
-            as_text=False,
-            schema=schema_value,
-        )
-        text_chain = _build_chain(
-            fmt=fmt,
-            colors=colors,
-            service=service_value,
-            user_processors=user_processors,
-            as_text=True,
-            schema=schema_value,
-        )
+        chain_options: dict[str, Any] = {
+            "fmt": fmt,
+            "colors": colors,
+            "service": service_value,
+            "user_processors": user_processors,
+            "schema": schema_value,
+            "redactor": redactor,
+            "sample_rate": rate,
+            "slow_output": slow_out,
+            "slow_colors": fmt == "console" and bool(slow_sinks) and _isatty(slow_sinks[0]),
+        }
+        chain = _build_chain(as_text=False, **chain_options)
+        text_chain = _build_chain(as_text=True, **chain_options)
         _add_otel(chain, text_chain, sinks, trace_context, otlp, service_value)
     except Exception:
-        for sink in sinks:
+        for sink in [*sinks, *slow_sinks]:
             sink.close()
         raise
 
@@ -636,6 +781,8 @@ def configure(
         slow=slow,
         stdlib=stdlib,
         schema=schema_value if fmt == "json" else "flat",
+        redactor=redactor,
+        sample_rate=rate,
     )
     handler: logging.Handler | None = None
     if stdlib:
@@ -667,8 +814,11 @@ def configure(
         )
         _route_stdlib(handler, min_level)
         _STATE.settings = new_settings
+        old_slow_output, _STATE.slow_output = _STATE.slow_output, slow_out
     if old_output is not _STATE.output:
         old_output.close()
+    if old_slow_output is not None:
+        old_slow_output.close()
 
 
 # --- OpenTelemetry (reqlog.integrations.otel, imported only when asked for or installed) -----
@@ -767,6 +917,9 @@ def reset() -> None:
         _route_stdlib(None, logging.NOTSET)
         _STATE.output.close()
         _STATE.output = Output([])
+        if _STATE.slow_output is not None:
+            _STATE.slow_output.close()
+            _STATE.slow_output = None
         _STATE.settings = None
         _PROCESSORS[:] = []
         _apply_level(logging.INFO)
@@ -776,6 +929,8 @@ def reset() -> None:
 
 def _flush_at_exit() -> None:
     _STATE.output.flush(timeout=5.0)
+    if _STATE.slow_output is not None:
+        _STATE.slow_output.flush(timeout=5.0)
 
 
 atexit.register(_flush_at_exit)

@@ -226,7 +226,7 @@ def test_check_pipeline_catches_a_processor_that_returns_no_dict() -> None:
     problems = caught.value.report.problems
     assert problems[:2] == [
         "plain: reqlog reported a failure: could not log event 'check_plain': "
-        "AttributeError(\"'str' object has no attribute 'pop'\")",
+        "AttributeError(\"'str' object has no attribute 'values'\")",
         "plain: expected one line, got none",
     ]
     assert len(problems) == 2 * 12
