@@ -75,11 +75,11 @@ def _reqlog_request(sink: Any, **options: Any) -> Callable[[], AbstractContextMa
     @contextmanager
     def scope() -> Iterator[None]:
         reqlog.configure(output=sink, format="json", stdlib=False, **options)
-        token = context.enter(context.RequestContext(dict(CONTEXT), None))
+        token = context.CURRENT.set(context.RequestContext(dict(CONTEXT), None))
         try:
             yield
         finally:
-            context.leave(token)
+            context.CURRENT.reset(token)
 
     return scope
 

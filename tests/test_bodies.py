@@ -31,10 +31,6 @@ from reqlog.bodies import describe_body
 if TYPE_CHECKING:
     from tests.conftest import LogOutput
 
-needs_redactor = pytest.mark.xfail(
-    not hasattr(reqlog, "Redactor"), reason="needs the Redactor from issue 3", strict=False
-)
-
 UA = f"python-httpx/{httpx.__version__}"
 MB = 1024 * 1024
 
@@ -184,7 +180,6 @@ def test_json_bodies_are_parsed_objects(log_output: LogOutput) -> None:
     )
 
 
-@needs_redactor
 def test_json_body_secrets_are_redacted(log_output: LogOutput) -> None:
     log_output.configure()
     app = echo_app(log_request_body=True, log_response_body=True)
@@ -230,7 +225,6 @@ def test_form_bodies_are_mappings_with_repeated_fields_as_lists(log_output: LogO
     assert "response_body" not in event
 
 
-@needs_redactor
 def test_form_body_secrets_are_redacted(log_output: LogOutput) -> None:
     log_output.configure()
     app = echo_app(log_request_body=True)
@@ -667,7 +661,6 @@ def test_headers_are_mappings_with_repeated_headers_as_lists(log_output: LogOutp
     assert not {"request_body", "response_body", "request_bytes"} & set(event)
 
 
-@needs_redactor
 def test_secret_headers_are_redacted_whatever_their_case(log_output: LogOutput) -> None:
     log_output.configure()
     app = FastAPI()
