@@ -16,7 +16,8 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from reqlog import context
-from reqlog.output import Output, Sink, build_sinks
+from reqlog import output as _output
+from reqlog.output import Output, Sink, StreamSink, build_sinks
 from reqlog.processors import AddStaticFields, SlowRequests, StatusLevels, parse_level
 
 __all__ = ["configure", "get_logger", "is_configured"]
@@ -79,7 +80,12 @@ class _OutputLogger:
     def msg(self, line: bytes) -> None:
         _STATE.output.write(line)
 
-    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
+    def _important(self, line: bytes) -> None:
+        # Warnings and errors are the last lines a full background queue drops.
+        _STATE.output.write(line, logging.WARNING)
+
+    log = debug = info = msg
+    warning = warn = error = critical = exception = fatal = failure = _important
 
 
 def _logger_factory(*args: Any) -> _OutputLogger:
@@ -320,7 +326,7 @@ class _StdlibHandler(logging.Handler):
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
             _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {exc!r}")
             return
-        _STATE.output.write(line.encode("utf-8", "replace") + b"\n")
+        _STATE.output.write(line.encode("utf-8", "replace") + b"\n", record.levelno)
 
 
 def _route_stdlib(handler: logging.Handler | None, level: int) -> None:
@@ -380,6 +386,12 @@ def configure(
     status_levels: Mapping[int | str, int | str] | Callable[[int, bool], int | str] | None = None,
     slow_request_ms: float | None = _UNSET,
     slow_routes: Mapping[str, float] | None = None,
+    background: bool | None = _UNSET,
+    queue_size: int = _UNSET,
+    overflow: Literal["drop", "block"] = _UNSET,
+    rotate_bytes: int | None = None,
+    rotate_when: str | None = None,
+    backups: int = 0,
 ) -> None:
     """Set up reqlog once at startup; calling it again replaces the whole setup.
 
@@ -420,7 +432,19 @@ def configure(
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
     levels = StatusLevels(status_levels)
 
-    sinks: list[Sink] = build_sinks(out_value, out_name)
+    out_options = _output_options(background, queue_size, overflow, rotate_bytes, rotate_when)
+    sinks: list[Sink] = build_sinks(
+        out_value,
+        out_name,
+        rotate_bytes=out_options.rotate_bytes,
+        rotate_when=out_options.rotate_when,
+        backups=_as_backups(backups),
+    )
+    run_in_background = out_options.background
+    if run_in_background is None:
+        # Streams the user handed over (a BytesIO in a test) are written before write()
+        # returns; stdout, stderr and files reqlog opened get the background writer.
+        run_in_background = all(not isinstance(s, StreamSink) or s.owned for s in sinks)
     try:
         if fmt == "auto":
             fmt = "console" if _isatty(sinks[0]) else "json"
@@ -470,7 +494,13 @@ def configure(
 
     with _STATE.lock:
         old_output = _STATE.output
-        _STATE.output = Output(sinks)
+        _STATE.output = Output(
+            sinks,
+            background=run_in_background,
+            queue_size=out_options.queue_size,
+            overflow=out_options.overflow,
+            render=_render_own_event,
+        )
         _apply_level(min_level)
         _PROCESSORS[:] = [*chain.head, *chain.tail]
         structlog.configure(
@@ -484,6 +514,96 @@ def configure(
         _STATE.settings = new_settings
     if old_output is not _STATE.output:
         old_output.close()
+    if run_in_background:
+        _output.install_sigterm_flush()
+
+
+# --- output options (background writer, rotation) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _OutputOptions:
+    background: bool | None
+    queue_size: int
+    overflow: Literal["drop", "block"]
+    rotate_bytes: int | None
+    rotate_when: str | None
+
+
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off")
+_ROTATE_WHEN: Final = ("S", "M", "H", "D", "MIDNIGHT", *(f"W{i}" for i in range(7)))
+
+
+def _output_options(
+    background: Any, queue_size: Any, overflow: Any, rotate_bytes: Any, rotate_when: Any
+) -> _OutputOptions:
+    bg, bg_name = _pick("background", background, None)
+    if isinstance(bg, str):
+        if bg.lower() in _TRUE:
+            bg = True
+        elif bg.lower() in _FALSE:
+            bg = False
+    if bg is not None and not isinstance(bg, bool):
+        msg = f"{bg_name}: expected True, False or None (automatic), got {bg!r}"
+        raise ValueError(msg)
+
+    size, size_name = _pick("queue_size", queue_size, _output.DEFAULT_QUEUE_SIZE)
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        msg = f"{size_name}: expected a positive number of lines, got {size!r}"
+        raise ValueError(msg)
+
+    mode, mode_name = _pick("overflow", overflow, "drop")
+    if not isinstance(mode, str) or mode.lower() not in ("drop", "block"):
+        msg = f"{mode_name}: expected 'drop' or 'block', got {mode!r}"
+        raise ValueError(msg)
+
+    if rotate_bytes is not None and (
+        isinstance(rotate_bytes, bool) or not isinstance(rotate_bytes, int) or rotate_bytes < 1
+    ):
+        msg = f"rotate_bytes: expected a positive number of bytes, got {rotate_bytes!r}"
+        raise ValueError(msg)
+    if rotate_when is not None and (
+        not isinstance(rotate_when, str) or rotate_when.upper() not in _ROTATE_WHEN
+    ):
+        msg = (
+            "rotate_when: expected one of 'S', 'M', 'H', 'D', 'midnight', 'W0'..'W6' "
+            f"(logging.handlers.TimedRotatingFileHandler's when), got {rotate_when!r}"
+        )
+        raise ValueError(msg)
+    if rotate_bytes is not None and rotate_when is not None:
+        msg = "rotate_bytes: choose rotation by size or by time (rotate_when), not both"
+        raise ValueError(msg)
+    return _OutputOptions(
+        background=bg,
+        queue_size=size,
+        overflow=cast(Literal["drop", "block"], mode.lower()),
+        rotate_bytes=rotate_bytes,
+        rotate_when=rotate_when,
+    )
+
+
+def _as_backups(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        msg = f"backups: expected a number of old files to keep (0 or more), got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _render_own_event(event: str, level: str, fields: dict[str, Any]) -> bytes:
+    """reqlog's own events (``logs_dropped``) through the configured chain, as bytes."""
+    logger = _OutputLogger("reqlog")
+    result: Any = {"event": event, **fields}
+    for processor in list(_PROCESSORS):
+        result = processor(logger, level, result)
+    if isinstance(result, str):
+        result = result.encode("utf-8", "replace") + b"\n"
+    if not isinstance(result, bytes):
+        msg = f"the chain returned {type(result).__name__}, not a rendered line"
+        raise TypeError(msg)
+    return result
 
 
 def _as_threshold(value: Any, option: str) -> Any:
@@ -521,7 +641,7 @@ def reset() -> None:
 
 
 def _flush_at_exit() -> None:
-    _STATE.output.flush(timeout=5.0)
+    _STATE.output.flush(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
 
 
 atexit.register(_flush_at_exit)

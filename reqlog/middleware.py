@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reqlog import _config, context
+from reqlog import _config, context, output
 
 __all__ = ["RequestLoggingMiddleware", "is_valid_request_id"]
 
@@ -135,6 +135,8 @@ class RequestLoggingMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type != "http" and scope_type != "websocket":
+            if scope_type == "lifespan":
+                send = _flush_at_shutdown(send)
             await self.app(scope, receive, send)
             return
 
@@ -393,6 +395,21 @@ class RequestLoggingMiddleware:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _flush_at_shutdown(send: Send) -> Send:
+    """Wrap a lifespan ``send``: flush the logs before the server hears shutdown is complete.
+
+    The server may exit right after (uvicorn re-raises SIGTERM, which skips atexit), so this
+    is the last moment the background writer is sure to get. The flush is bounded in time.
+    """
+
+    async def send_wrapper(message: Message) -> None:
+        if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            _config.current_output().flush(timeout=output.SHUTDOWN_FLUSH_TIMEOUT_S)
+        await send(message)
+
+    return send_wrapper
 
 
 def _with_header(message: Message, name: bytes, value: bytes) -> Message:
