@@ -497,10 +497,10 @@ class Output:
             return
         with self._lock:
             self.accepted += 1
-            queue = self._queue
-            if len(queue) >= self._soft_limit and not self._room(level):
+            if len(self._queue) >= self._soft_limit and not self._room(level):
                 return
-            queue.append(line)
+            # Not a local alias: _room() may have waited while the writer swapped the list.
+            self._queue.append(line)
             if self._idle:
                 self._idle = False
                 self._wake.notify()
