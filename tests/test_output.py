@@ -116,7 +116,7 @@ def test_file_output_is_written_in_the_background(tmp_path: Path) -> None:
     assert current().background
     assert reqlog.flush(timeout=5)
     assert [e["i"] for e in read_events(path)] == list(range(500))
-    assert {"accepted": 500, "written": 500, "dropped": 0, "errors": 0} == reqlog.output_stats()
+    assert reqlog.output_stats() == {"accepted": 500, "written": 500, "dropped": 0, "errors": 0}
 
 
 def test_user_streams_are_written_synchronously_by_default(log_output: Any) -> None:
@@ -188,7 +188,7 @@ def test_flush_waits_for_a_slow_sink_and_honours_its_timeout() -> None:
     assert out.flush(timeout=0.01) is False
     assert out.flush(timeout=5) is True
     assert sink.lines == [b"one"]
-    assert {"accepted": 1, "written": 1, "dropped": 0, "errors": 0} == out.stats()
+    assert out.stats() == {"accepted": 1, "written": 1, "dropped": 0, "errors": 0}
     out.close()
 
 
