@@ -22,6 +22,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from freezegun import freeze_time
+from starlette.types import Message
 
 import reqlog
 from reqlog import _config, output
@@ -539,10 +540,10 @@ def test_lifespan_shutdown_flushes() -> None:
         messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
         sent: list[str] = []
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             return next(messages)
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
                 # The server hears "complete" only once the logs are out.
                 sent.append(f"complete with {len(sink.lines)} lines written")
