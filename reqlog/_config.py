@@ -137,6 +137,51 @@ def access_logger() -> FilteringBoundLogger:
     return get_logger(ACCESS_LOGGER)
 
 
+_ACCESS = _OutputLogger(ACCESS_LOGGER)
+_METHOD_NAMES: Final = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def emit_access(level: int, event: str, fields: dict[str, Any]) -> None:
+    """Log an access event straight through the chain; ``fields`` becomes the event dict.
+
+    What ``access_logger().log(level, event, **fields)`` does, minus structlog's bound-logger
+    layers (context copy, keyword repacking, method dispatch), which cost about as much as
+    the chain itself for the one event every request logs. Same processors list, so
+    ``structlog.testing.capture_logs`` sees it the same way.
+    """
+    settings = _STATE.settings
+    if settings is None:
+        _ensure_configured()
+        settings = _STATE.settings
+        assert settings is not None
+    if level < settings.level:
+        return
+    method = _METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+    fields["event"] = event
+    try:
+        result: Any = fields
+        for processor in _PROCESSORS:
+            result = processor(_ACCESS, method, result)
+    except structlog.DropEvent:
+        return
+    except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+        _STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
+        return
+    write = getattr(_ACCESS, method, _ACCESS.msg)
+    if isinstance(result, tuple):
+        write(*result[0], **result[1])
+    elif isinstance(result, dict):
+        write(**result)
+    else:
+        write(result)
+
+
 def settings() -> Settings:
     current = _STATE.settings
     if current is None:

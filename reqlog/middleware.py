@@ -297,7 +297,7 @@ class RequestLoggingMiddleware:
                 fields["slow"] = True
                 fields["slow_threshold_ms"] = threshold
         level = settings.status_levels(fields["status_code"], slow)
-        self._log.log(level, event, **fields)
+        _config.emit_access(level, event, fields)
 
     def _disconnected(
         self, scope: Scope, ctx: context.RequestContext, fields: dict[str, Any], started: bool
