@@ -529,6 +529,9 @@ class Output:
 
     def _drop_one(self) -> None:
         self.dropped += 1
+        if not self._overflow_unreported:
+            # The logs_dropped notice to come is itself a line: flush() waits for it too.
+            self.accepted += 1
         self._overflow_unreported += 1
         if self._idle:
             self._idle = False
@@ -650,9 +653,6 @@ class Output:
                 batch, self._queue = self._queue, []
                 reports, self._reports = self._reports, []
                 overflowed, self._overflow_unreported = self._overflow_unreported, 0
-                if overflowed:
-                    # The notice is itself an accepted line.
-                    self.accepted += 1
                 if self.overflow == "block":
                     self._progress.notify_all()
                 closing = self._closing and not batch

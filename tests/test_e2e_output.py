@@ -206,11 +206,12 @@ def stalled_pipe() -> tuple[int, int]:
     read_fd, write_fd = os.pipe()
     flags = fcntl.fcntl(write_fd, fcntl.F_GETFL)
     fcntl.fcntl(write_fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    try:
-        while True:
-            os.write(write_fd, b"\0" * 4096)
-    except BlockingIOError:
-        pass
+    for size in (4096, 512, 64, 8, 1):
+        try:
+            while True:
+                os.write(write_fd, b"\0" * size)
+        except BlockingIOError:
+            pass
     fcntl.fcntl(write_fd, fcntl.F_SETFL, flags)
     return read_fd, write_fd
 
