@@ -483,7 +483,7 @@ def configure(
         out_name,
         rotate_bytes=out_options.rotate_bytes,
         rotate_when=out_options.rotate_when,
-        backups=_as_backups(backups),
+        backups=_as_backups(backups, out_options.rotate_bytes),
     )
     run_in_background = out_options.background
     if run_in_background is None:
@@ -630,9 +630,13 @@ def _output_options(
     )
 
 
-def _as_backups(value: Any) -> int:
+def _as_backups(value: Any, rotate_bytes: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         msg = f"backups: expected a number of old files to keep (0 or more), got {value!r}"
+        raise ValueError(msg)
+    if rotate_bytes is not None and value == 0:
+        # RotatingFileHandler with no backups never rotates: the file would only grow.
+        msg = "backups: rotate_bytes needs at least 1 backup to rotate into (app.log.1)"
         raise ValueError(msg)
     return value
 

@@ -470,7 +470,7 @@ def test_rotation_is_refused_when_several_processes_write(
 ) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     with pytest.raises(ValueError, match=r"rotate_bytes: .*WEB_CONCURRENCY=4.*logrotate"):
-        reqlog.configure(output=str(tmp_path / "app.log"), rotate_bytes=10_000)
+        reqlog.configure(output=str(tmp_path / "app.log"), rotate_bytes=10_000, backups=3)
 
     monkeypatch.delenv("WEB_CONCURRENCY")
     monkeypatch.setattr(sys, "argv", ["uvicorn", "app:app", "--workers", "4"])
@@ -483,7 +483,7 @@ def test_rotation_is_refused_when_several_processes_write(
 
 def _configure_rotation_in_child(path: str, result: Any) -> None:
     try:
-        reqlog.configure(output=path, rotate_bytes=10_000)
+        reqlog.configure(output=path, rotate_bytes=10_000, backups=3)
         result.put("configured")
     except ValueError as exc:
         result.put(str(exc))
@@ -512,6 +512,7 @@ def test_rotation_is_refused_in_a_multiprocessing_worker(tmp_path: Path) -> None
         ({"rotate_bytes": -1}, "rotate_bytes: expected a positive number of bytes, got -1"),
         ({"backups": -1}, "backups: expected a number of old files to keep"),
         ({"rotate_bytes": 10, "rotate_when": "H"}, "rotate_bytes: choose rotation by size"),
+        ({"rotate_bytes": 10}, "backups: rotate_bytes needs at least 1 backup"),
         ({"output": []}, "output: an empty list writes nowhere"),
     ],
 )
