@@ -30,7 +30,16 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# wrk (Debian's package) drives the uvicorn benchmark; without it that part is skipped.
 bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1; } \
+	      || echo "bench: could not install wrk with apt-get; the uvicorn requests/s benchmark will be skipped"; \
+	  else \
+	    echo "bench: wrk is missing and this is not root (or not Debian): install wrk to run the uvicorn requests/s benchmark; it will be skipped"; \
+	  fi; }
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
 # The documentation site (mkdocs, Material theme, API reference from docstrings) into site/.

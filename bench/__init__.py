@@ -1,0 +1,1 @@
+"""Benchmarks: reqlog and the alternatives measured side by side (not tests)."""

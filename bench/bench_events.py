@@ -116,8 +116,8 @@ def build_cases(sink: Any) -> list[Case]:
 
     def access_event() -> None:
         # What the middleware does: build the fields, then hand them to emit_access.
-        event = {**fields, "query": next(queries), "event": "request_completed"}
-        _config.emit_access(logging.INFO, event)
+        event = {**fields, "query": next(queries)}
+        _config.emit_access(logging.INFO, "request_completed", event)
 
     return [
         Case(plain_app, lambda: plain.info("loading_item", item_id=42), _structlog_request),

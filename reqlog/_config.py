@@ -16,7 +16,8 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from reqlog import context, schemas
-from reqlog.output import Output, Sink, build_sinks
+from reqlog import output as _output
+from reqlog.output import Output, Sink, StreamSink, build_sinks
 from reqlog.processors import (
     AddStaticFields,
     IsoTimeStamper,
@@ -116,7 +117,12 @@ class _OutputLogger:
     def msg(self, line: bytes) -> None:
         _STATE.output.write(line)
 
-    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
+    def _important(self, line: bytes) -> None:
+        # Warnings and errors are the last lines a full background queue drops.
+        _STATE.output.write(line, logging.WARNING)
+
+    log = debug = info = msg
+    warning = warn = error = critical = exception = fatal = failure = _important
 
 
 def _logger_factory(*args: Any) -> _OutputLogger:
@@ -168,8 +174,8 @@ def access_logger() -> FilteringBoundLogger:
     return get_logger(ACCESS_LOGGER)
 
 
-_ACCESS_WRAPPED = _OutputLogger(ACCESS_LOGGER)
-_LEVEL_TO_NAME: Final = {
+_ACCESS = _OutputLogger(ACCESS_LOGGER)
+_METHOD_NAMES: Final = {
     logging.DEBUG: "debug",
     logging.INFO: "info",
     logging.WARNING: "warning",
@@ -178,31 +184,39 @@ _LEVEL_TO_NAME: Final = {
 }
 
 
-def emit_access(level: int, event_dict: dict[str, Any]) -> None:
-    """Run one access event through the chain and write it.
+def emit_access(level: int, event: str, fields: dict[str, Any]) -> None:
+    """Log an access event straight through the chain; ``fields`` becomes the event dict.
 
-    The same chain and output as a bound logger's ``log()``, without building a bound logger,
-    copying its empty context and passing the fields through keyword arguments twice: the
-    access event is written for every request, so this path is measured (bench/).
+    What ``access_logger().log(level, event, **fields)`` does, minus structlog's bound-logger
+    layers (context copy, keyword repacking, method dispatch), which cost about as much as
+    the chain itself for the one event every request logs. Same processors list, so
+    ``structlog.testing.capture_logs`` sees it the same way.
     """
-    current = _STATE.settings
-    if current is None:
+    settings = _STATE.settings
+    if settings is None:
         _ensure_configured()
-        current = _STATE.settings
-        assert current is not None
-    if level < current.level:
+        settings = _STATE.settings
+        assert settings is not None
+    if level < settings.level:
         return
-    method_name = _LEVEL_TO_NAME.get(level) or logging.getLevelName(level).lower()
+    method = _METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+    fields["event"] = event
     try:
-        line: Any = event_dict
+        result: Any = fields
         for processor in _PROCESSORS:
-            line = processor(_ACCESS_WRAPPED, method_name, line)
+            result = processor(_ACCESS, method, result)
     except structlog.DropEvent:
         return
     except Exception as exc:  # noqa: BLE001 - logging never breaks the app
-        _STATE.output.report("chain", f"could not log event {event_dict.get('event')!r}: {exc!r}")
+        _STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
         return
-    _STATE.output.write(line)
+    write = getattr(_ACCESS, method, _ACCESS.msg)
+    if isinstance(result, tuple):
+        write(*result[0], **result[1])
+    elif isinstance(result, dict):
+        write(**result)
+    else:
+        write(result)
 
 
 def settings() -> Settings:
@@ -599,7 +613,7 @@ class _StdlibHandler(logging.Handler):
             except Exception as again:  # noqa: BLE001
                 _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {again!r}")
                 return
-        _STATE.output.write(line.encode("utf-8", "replace") + b"\n")
+        _STATE.output.write(line.encode("utf-8", "replace") + b"\n", record.levelno)
 
 
 def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
@@ -695,6 +709,12 @@ def configure(
     redact: Redactor | bool = True,
     sample_rate: float = _UNSET,
     slow_output: Any = None,
+    background: bool | None = _UNSET,
+    queue_size: int = _UNSET,
+    overflow: Literal["drop", "block"] = _UNSET,
+    rotate_bytes: int | None = None,
+    rotate_when: str | None = None,
+    backups: int = 0,
 ) -> None:
     """Set up reqlog once at startup; calling it again replaces the whole setup.
 
@@ -740,12 +760,24 @@ def configure(
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
     levels = StatusLevels(status_levels)
 
+    out_options = _output_options(background, queue_size, overflow, rotate_bytes, rotate_when)
     # -- processors (#3): redaction, sampling, the slow-request output
     redactor = _redactor_option(redact)
     rate_value, rate_name = _pick("sample_rate", sample_rate, 1.0)
     rate = sample_rate_value(rate_value, rate_name)
 
-    sinks: list[Sink] = build_sinks(out_value, out_name)
+    sinks: list[Sink] = build_sinks(
+        out_value,
+        out_name,
+        rotate_bytes=out_options.rotate_bytes,
+        rotate_when=out_options.rotate_when,
+        backups=_as_backups(backups, out_options.rotate_bytes),
+    )
+    run_in_background = out_options.background
+    if run_in_background is None:
+        # Streams the user handed over (a BytesIO in a test) are written before write()
+        # returns; stdout, stderr and files reqlog opened get the background writer.
+        run_in_background = all(not isinstance(s, StreamSink) or s.owned for s in sinks)
     slow_sinks: list[Sink] = []
     try:
         if slow_output is not None:
@@ -802,7 +834,13 @@ def configure(
 
     with _STATE.lock:
         old_output = _STATE.output
-        _STATE.output = Output(sinks)
+        _STATE.output = Output(
+            sinks,
+            background=run_in_background,
+            queue_size=out_options.queue_size,
+            overflow=out_options.overflow,
+            render=_render_own_event,
+        )
         _apply_level(min_level)
         _PROCESSORS[:] = [*chain.head, *chain.tail]
         structlog.configure(
@@ -819,6 +857,8 @@ def configure(
         old_output.close()
     if old_slow_output is not None:
         old_slow_output.close()
+    if run_in_background:
+        _output.install_sigterm_flush()
 
 
 # --- OpenTelemetry (reqlog.integrations.otel, imported only when asked for or installed) -----
@@ -890,6 +930,98 @@ def _rendering_start(tail: list[Processor]) -> int:
     return len(tail)
 
 
+# --- output options (background writer, rotation) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _OutputOptions:
+    background: bool | None
+    queue_size: int
+    overflow: Literal["drop", "block"]
+    rotate_bytes: int | None
+    rotate_when: str | None
+
+
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off")
+_ROTATE_WHEN: Final = ("S", "M", "H", "D", "MIDNIGHT", *(f"W{i}" for i in range(7)))
+
+
+def _output_options(
+    background: Any, queue_size: Any, overflow: Any, rotate_bytes: Any, rotate_when: Any
+) -> _OutputOptions:
+    bg, bg_name = _pick("background", background, None)
+    if isinstance(bg, str):
+        if bg.lower() in _TRUE:
+            bg = True
+        elif bg.lower() in _FALSE:
+            bg = False
+    if bg is not None and not isinstance(bg, bool):
+        msg = f"{bg_name}: expected True, False or None (automatic), got {bg!r}"
+        raise ValueError(msg)
+
+    size, size_name = _pick("queue_size", queue_size, _output.DEFAULT_QUEUE_SIZE)
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        msg = f"{size_name}: expected a positive number of lines, got {size!r}"
+        raise ValueError(msg)
+
+    mode, mode_name = _pick("overflow", overflow, "drop")
+    if not isinstance(mode, str) or mode.lower() not in ("drop", "block"):
+        msg = f"{mode_name}: expected 'drop' or 'block', got {mode!r}"
+        raise ValueError(msg)
+
+    if rotate_bytes is not None and (
+        isinstance(rotate_bytes, bool) or not isinstance(rotate_bytes, int) or rotate_bytes < 1
+    ):
+        msg = f"rotate_bytes: expected a positive number of bytes, got {rotate_bytes!r}"
+        raise ValueError(msg)
+    if rotate_when is not None and (
+        not isinstance(rotate_when, str) or rotate_when.upper() not in _ROTATE_WHEN
+    ):
+        msg = (
+            "rotate_when: expected one of 'S', 'M', 'H', 'D', 'midnight', 'W0'..'W6' "
+            f"(logging.handlers.TimedRotatingFileHandler's when), got {rotate_when!r}"
+        )
+        raise ValueError(msg)
+    if rotate_bytes is not None and rotate_when is not None:
+        msg = "rotate_bytes: choose rotation by size or by time (rotate_when), not both"
+        raise ValueError(msg)
+    return _OutputOptions(
+        background=bg,
+        queue_size=size,
+        overflow=cast(Literal["drop", "block"], mode.lower()),
+        rotate_bytes=rotate_bytes,
+        rotate_when=rotate_when,
+    )
+
+
+def _as_backups(value: Any, rotate_bytes: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        msg = f"backups: expected a number of old files to keep (0 or more), got {value!r}"
+        raise ValueError(msg)
+    if rotate_bytes is not None and value == 0:
+        # RotatingFileHandler with no backups never rotates: the file would only grow.
+        msg = "backups: rotate_bytes needs at least 1 backup to rotate into (app.log.1)"
+        raise ValueError(msg)
+    return value
+
+
+def _render_own_event(event: str, level: str, fields: dict[str, Any]) -> bytes:
+    """reqlog's own events (``logs_dropped``) through the configured chain, as bytes."""
+    logger = _OutputLogger("reqlog")
+    result: Any = {"event": event, **fields}
+    for processor in list(_PROCESSORS):
+        result = processor(logger, level, result)
+    if isinstance(result, str):
+        result = result.encode("utf-8", "replace") + b"\n"
+    if not isinstance(result, bytes):
+        msg = f"the chain returned {type(result).__name__}, not a rendered line"
+        raise TypeError(msg)
+    return result
+
+
 def _as_threshold(value: Any, option: str) -> Any:
     if isinstance(value, str):
         try:
@@ -928,9 +1060,9 @@ def reset() -> None:
 
 
 def _flush_at_exit() -> None:
-    _STATE.output.flush(timeout=5.0)
+    _STATE.output.flush(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
     if _STATE.slow_output is not None:
-        _STATE.slow_output.flush(timeout=5.0)
+        _STATE.slow_output.flush(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
 
 
 atexit.register(_flush_at_exit)

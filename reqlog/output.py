@@ -1,16 +1,24 @@
-"""Where rendered lines go: streams and files, the counters, failure reports, flush()."""
+"""Where rendered lines go: streams and files, the background writer, the counters, flush()."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import logging
+import logging.handlers
+import multiprocessing
 import os
+import select
+import signal
+import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import IO, Any, Final, Literal, TypedDict
 
 __all__ = [
     "FileSink",
@@ -25,6 +33,29 @@ __all__ = [
 
 #: How often one sink's failures may be reported on stderr.
 REPORT_INTERVAL_S = 60.0
+#: The background queue's default bound, in lines (about 5 MB of typical access events).
+DEFAULT_QUEUE_SIZE: Final = 10_000
+#: Share of the queue past which lines below warning are dropped: the rest is kept for
+#: warnings and errors, so they are the last to go.
+HIGH_WATER: Final = 0.9
+#: Bounds on the automatic flushes: at interpreter exit, on lifespan shutdown, on SIGTERM.
+EXIT_FLUSH_TIMEOUT_S: Final = 5.0
+SHUTDOWN_FLUSH_TIMEOUT_S: Final = 5.0
+SIGNAL_FLUSH_TIMEOUT_S: Final = 5.0
+#: Largest write to a pipe that POSIX guarantees lands whole among other writers' writes.
+PIPE_BUF: Final = getattr(select, "PIPE_BUF", 4096)
+#: Largest single write to a regular file: whole lines, one ``write(2)`` each.
+FILE_CHUNK_BYTES: Final = 1 << 20
+#: How long the writer waits for more lines after a batch before it sleeps until woken: the
+#: bound on how late a line is written under steady load, and what saves a wake-up per line.
+LINGER_S: Final = 0.01
+#: How often a file sink checks whether logrotate moved its file away.
+REOPEN_CHECK_S: Final = 1.0
+
+Overflow = Literal["drop", "block"]
+_OVERFLOWS: Final = ("drop", "block")
+_WARNING: Final = logging.WARNING
+_INFO: Final = logging.INFO
 
 
 class OutputStats(TypedDict):
@@ -36,10 +67,19 @@ class OutputStats(TypedDict):
     errors: int
 
 
+# --- sinks ------------------------------------------------------------------------------------
+
+
 class Sink:
-    """One destination for rendered lines (bytes ending in a newline)."""
+    """One destination for rendered lines (bytes ending in a newline).
+
+    ``write`` receives one or more whole lines and writes them all or raises; ``chunk_bytes``
+    tells the background writer how many bytes of whole lines it may hand over at once (the
+    size up to which the destination keeps one write from interleaving with other processes').
+    """
 
     name = "sink"
+    chunk_bytes: int = PIPE_BUF
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError
@@ -52,57 +92,245 @@ class Sink:
 
 
 class StreamSink(Sink):
-    """A stream reqlog did not open: ``sys.stdout``, ``sys.stderr`` or a user's file object."""
+    """A stream reqlog did not open: ``sys.stdout``, ``sys.stderr`` or a user's file object.
 
-    def __init__(self, stream: IO[Any], name: str | None = None) -> None:
+    When the stream is a real file descriptor (the usual stdout of a server), lines go
+    straight to it with ``os.write``, in chunks of whole lines no longer than ``PIPE_BUF`` on
+    pipes and sockets: several worker processes sharing one stdout never tear each other's
+    lines, and Python's own buffer of ``sys.stdout`` stays empty, so a reader that went away
+    cannot make the interpreter's final flush fail. Other streams get ``write`` + ``flush``.
+    """
+
+    def __init__(self, stream: IO[Any] | None, name: str | None = None, *, owned: bool = False):
         self.stream = stream
         self.name = name or getattr(stream, "name", None) or type(stream).__name__
+        #: True for "stdout"/"stderr" given by name: reqlog may write from its own thread.
+        self.owned = owned
+        self.broken = stream is None
         self._text = isinstance(stream, io.TextIOBase) or (
             not isinstance(stream, io.RawIOBase | io.BufferedIOBase) and hasattr(stream, "encoding")
         )
+        self._fd: int | None = None
+        if owned and stream is not None:
+            self._fd = _real_fd(stream)
+        if self._fd is None:
+            self.chunk_bytes = FILE_CHUNK_BYTES
+        else:
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.fstat(self._fd).st_mode):
+                    self.chunk_bytes = FILE_CHUNK_BYTES
 
     def write(self, data: bytes) -> None:
-        stream = self.stream
-        if self._text:
-            stream.write(data.decode("utf-8", "replace"))
-        else:
-            stream.write(data)
-        stream.flush()
+        if self.broken:
+            msg = f"{self.name} is closed"
+            raise BrokenPipeError(errno.EPIPE, msg)
+        fd = self._fd
+        if fd is None:
+            stream = self.stream
+            assert stream is not None
+            if self._text:
+                stream.write(data.decode("utf-8", "replace"))
+            else:
+                stream.write(data)
+            stream.flush()
+            return
+        try:
+            # What print() left in Python's buffer goes first, so the order holds.
+            if self.stream is not None and not self.stream.closed:
+                self.stream.flush()
+            _write_all(fd, data)
+        except (BrokenPipeError, ValueError) as exc:
+            self._mark_broken(fd)
+            raise BrokenPipeError(errno.EPIPE, f"{self.name} is closed") from exc
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                self._mark_broken(fd)
+            raise
+
+    def _mark_broken(self, fd: int) -> None:
+        # Nobody will ever read this pipe again. Point the descriptor at /dev/null so that
+        # print() in the app and the interpreter's own flush of sys.stdout at exit do not
+        # fail too (a BrokenPipeError there turns exit status 0 into 120).
+        self.broken = True
+        if fd in (1, 2):
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
 
     def flush(self) -> None:
-        self.stream.flush()
+        if self.stream is not None and not self.broken:
+            self.stream.flush()
+
+
+def _real_fd(stream: IO[Any]) -> int | None:
+    try:
+        fd = stream.fileno()
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            # Someone made the descriptor non-blocking; this is the writer's thread: wait.
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[n:]
+
+
+class _BinaryOpen:
+    """Mixin for logging's file handlers: open unbuffered, in append mode, in bytes.
+
+    Every ``write`` is then one ``write(2)`` on an ``O_APPEND`` descriptor: whole lines from
+    several processes appending to one file land whole, never interleaved.
+    """
+
+    baseFilename: str
+
+    def _open(self) -> Any:
+        return open(self.baseFilename, "ab", buffering=0)
+
+
+class _Plain(_BinaryOpen, logging.handlers.WatchedFileHandler):
+    pass
+
+
+class _BySize(_BinaryOpen, logging.handlers.RotatingFileHandler):
+    pass
+
+
+class _ByTime(_BinaryOpen, logging.handlers.TimedRotatingFileHandler):
+    pass
 
 
 class FileSink(Sink):
-    """A file reqlog opens for appending.
+    """A file reqlog opens for appending, optionally rotated by size or by time.
 
-    Unbuffered ``O_APPEND`` writes, one ``write(2)`` per line: lines from several processes
-    appending to one file land whole, never interleaved.
+    The renaming, numbering and pruning of old files is the standard library's
+    (``RotatingFileHandler``, ``TimedRotatingFileHandler``); reqlog only decides when, and
+    writes bytes. Like ``WatchedFileHandler``, it notices when an external logrotate moved
+    the file away (device or inode changed) and reopens the path.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        rotate_bytes: int | None = None,
+        rotate_when: str | None = None,
+        backups: int = 0,
+    ) -> None:
         self.path = Path(path)
         self.name = str(self.path)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        self.rotate_bytes = rotate_bytes
+        # The handler's stream is a binary FileIO, not the text stream typeshed expects.
+        handler: Any
+        if rotate_when is not None:
+            handler = _ByTime(self.path, when=rotate_when, backupCount=backups, utc=True)
+        elif rotate_bytes is not None:
+            handler = _BySize(self.path, mode="ab", backupCount=backups)
+        else:
+            handler = _Plain(self.path, mode="ab")
+        self._handler = handler
+        self.chunk_bytes = min(FILE_CHUNK_BYTES, rotate_bytes or FILE_CHUNK_BYTES)
+        self._size = self._current_size()
+        self._next_check = time.monotonic() + REOPEN_CHECK_S
+
+    def _current_size(self) -> int:
+        stream = self._handler.stream
+        return os.fstat(stream.fileno()).st_size if stream is not None else 0
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        handler = self._handler
+        now = time.monotonic()
+        if now >= self._next_check or handler.stream is None:
+            self._next_check = now + REOPEN_CHECK_S
+            self._reopen_if_needed()
+        if isinstance(handler, _ByTime):
+            if time.time() >= handler.rolloverAt:
+                self._rollover()
+        elif (
+            self.rotate_bytes is not None
+            and self._size
+            and (self._size + len(data) > self.rotate_bytes)
+        ):
+            self._rollover()
+        stream = handler.stream
+        if stream is None:
+            stream = handler.stream = handler._open()
+            self._size = self._current_size()
+        _write_all(stream.fileno(), data)
+        self._size += len(data)
+
+    def _reopen_if_needed(self) -> None:
+        handler = self._handler
+        if handler.stream is None:
+            handler.stream = handler._open()
+        elif isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()
+        else:
+            try:
+                moved = not os.path.samestat(os.stat(self.path), os.fstat(handler.stream.fileno()))
+            except OSError:
+                moved = True
+            if moved:
+                handler.stream.close()
+                handler.stream = None
+                handler.stream = handler._open()
+        self._size = self._current_size()
+
+    def _rollover(self) -> None:
+        self._handler.doRollover()
+        self._size = self._current_size()
 
     def close(self) -> None:
-        self._file.close()
+        self._handler.close()
 
 
-def build_sinks(spec: Any, option: str = "output") -> list[Sink]:
-    """Turn an ``output=`` value into sinks, or raise ``ValueError`` naming the option."""
+def build_sinks(
+    spec: Any,
+    option: str = "output",
+    *,
+    rotate_bytes: int | None = None,
+    rotate_when: str | None = None,
+    backups: int = 0,
+) -> list[Sink]:
+    """Turn an ``output=`` value into sinks, or raise ``ValueError`` naming the option.
+
+    ``rotate_bytes``, ``rotate_when`` and ``backups`` apply to the file paths among them.
+    """
     if isinstance(spec, list | tuple):
         if not spec:
             msg = f"{option}: an empty list writes nowhere; pass at least one output"
             raise ValueError(msg)
-        return [sink for item in spec for sink in build_sinks(item, option)]
+        sinks: list[Sink] = []
+        try:
+            for item in spec:
+                if isinstance(item, list | tuple):
+                    msg = f"{option}: expected a flat list of outputs, got a nested {item!r}"
+                    raise ValueError(msg)
+                sinks += build_sinks(
+                    item,
+                    option,
+                    rotate_bytes=rotate_bytes,
+                    rotate_when=rotate_when,
+                    backups=backups,
+                )
+        except Exception:
+            for sink in sinks:
+                sink.close()
+            raise
+        return sinks
     if spec == "stdout":
-        return [StreamSink(sys.stdout, "stdout")]
+        return [StreamSink(sys.stdout, "stdout", owned=True)]
     if spec == "stderr":
-        return [StreamSink(sys.stderr, "stderr")]
+        return [StreamSink(sys.stderr, "stderr", owned=True)]
     if isinstance(spec, str | os.PathLike):
         path = Path(spec)
         if str(spec) == "" or path.is_dir():
@@ -111,8 +339,17 @@ def build_sinks(spec: Any, option: str = "output") -> list[Sink]:
         if not path.parent.is_dir():
             msg = f"{option}: directory {str(path.parent)!r} does not exist"
             raise ValueError(msg)
+        rotating = rotate_bytes is not None or rotate_when is not None
+        if rotating and path.exists() and not path.is_file():
+            # /dev/null, a FIFO: nothing to rotate, and renaming them would be wrong.
+            rotate_bytes = rotate_when = None
+            rotating = False
+        if rotating:
+            _refuse_rotation_across_processes("rotate_bytes" if rotate_bytes else "rotate_when")
         try:
-            return [FileSink(path)]
+            return [
+                FileSink(path, rotate_bytes=rotate_bytes, rotate_when=rotate_when, backups=backups)
+            ]
         except OSError as exc:
             msg = f"{option}: cannot open {str(path)!r} for appending: {exc.strerror or exc}"
             raise ValueError(msg) from exc
@@ -125,6 +362,47 @@ def build_sinks(spec: Any, option: str = "output") -> list[Sink]:
     raise ValueError(msg)
 
 
+def _several_processes() -> str | None:
+    """Why this process looks like one of several writing the same files, or ``None``."""
+    concurrency = os.environ.get("WEB_CONCURRENCY", "")
+    if concurrency.strip().isdigit() and int(concurrency) > 1:
+        return f"WEB_CONCURRENCY={concurrency}"
+    if (
+        "gunicorn" in os.environ.get("SERVER_SOFTWARE", "")
+        or "gunicorn" in Path(sys.argv[0] if sys.argv else "").name
+    ):
+        return "running under gunicorn, which can run and add worker processes"
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("--workers", "-w") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--workers="):
+            value = arg.partition("=")[2]
+        if value is not None and value.isdigit() and int(value) > 1:
+            return f"{arg.partition('=')[0]} {value} on the command line"
+    if multiprocessing.parent_process() is not None and "--reload" not in argv:
+        return "a child process started by multiprocessing (uvicorn --workers does this)"
+    return None
+
+
+def _refuse_rotation_across_processes(option: str) -> None:
+    reason = _several_processes()
+    if reason is None:
+        return
+    msg = (
+        f"{option}: rotating a log file inside the process is unsafe when several processes "
+        f"write it ({reason}): each would rename the file under the others and lines would be "
+        "lost. Drop rotate_bytes/rotate_when and rotate externally with logrotate (without "
+        "copytruncate): every process appends whole lines and reopens the file as soon as "
+        "logrotate moves it. Or give each worker its own file."
+    )
+    raise ValueError(msg)
+
+
+# --- failure reports ----------------------------------------------------------------------------
+
+
 class _Reporter:
     """Reports a failing sink on stderr at most once per interval, with what it suppressed."""
 
@@ -133,16 +411,17 @@ class _Reporter:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def report(self, key: str, what: str) -> None:
+    def report(self, key: str, what: str) -> str | None:
+        """The text to print now, or ``None`` when this key was reported too recently."""
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
+            return None
         self._last[key] = now
         more = self._suppressed.pop(key, 0)
         tail = f" ({more} more since the last report)" if more else ""
-        _write_stderr(f"reqlog: {what}{tail}\n")
+        return f"reqlog: {what}{tail}\n"
 
 
 def _write_stderr(text: str) -> None:
@@ -151,49 +430,196 @@ def _write_stderr(text: str) -> None:
         os.write(2, text.encode("utf-8", "replace"))
 
 
-class Output:
-    """Fans each rendered line out to the sinks, counting, and never raising."""
+def _default_render(event: str, level: str, fields: dict[str, Any]) -> bytes:
+    import orjson
 
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    record = {"event": event, "level": level, "timestamp": now + "Z", "logger": "reqlog", **fields}
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+#: Renders reqlog's own events (``logs_dropped``) as the configured format would.
+Render = Callable[[str, str, dict[str, Any]], bytes]
+
+
+# --- the output ---------------------------------------------------------------------------------
+
+
+class Output:
+    """Fans each rendered line out to the sinks, counting, and never raising.
+
+    Synchronous by default: ``write`` writes before it returns. With ``background=True`` it
+    only appends to a bounded queue (a lock, an append) and one daemon thread writes what
+    is queued in batches: one ``write(2)`` per chunk of whole lines. When the queue is full,
+    ``overflow="drop"`` drops the line (lines below warning already once it is 90% full) and
+    counts it; the writer then writes one ``logs_dropped`` warning with the count.
+    ``overflow="block"`` makes the caller wait for room instead.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        background: bool = False,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        overflow: Overflow = "drop",
+        render: Render | None = None,
+        report_interval: float = REPORT_INTERVAL_S,
+    ) -> None:
         self.sinks = list(sinks)
-        self._lock = threading.Lock()
-        self._reporter = _Reporter()
+        self.background = background
+        self.queue_size = queue_size
+        self.overflow = overflow
+        self._render = render or _default_render
+        # Reentrant: a SIGTERM handler that flushes may run while the main thread holds it.
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)  # the writer waits for lines
+        self._progress = threading.Condition(self._lock)  # flush() and blocked callers wait
+        self._reporter = _Reporter(report_interval)
+        self._queue: list[bytes] = []
+        self._soft_limit = max(1, int(queue_size * HIGH_WATER))
+        self._idle = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._overflow_unreported = 0
+        self._sink_unreported = 0
+        self._reports: list[str] = []
         self.accepted = 0
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        if background:
+            _BACKGROUND.add(self)
 
-    def write(self, line: bytes) -> None:
+    # -- the caller's side ---------------------------------------------------------------------
+
+    def write(self, line: bytes, level: int = _INFO) -> None:
+        """Accept one rendered line; ``level`` decides what goes first when the queue fills."""
+        if not self.background:
+            self._write_now(line)
+            return
         with self._lock:
             self.accepted += 1
-            failed = False
+            if len(self._queue) >= self._soft_limit and not self._room(level):
+                return
+            # Not a local alias: _room() may have waited while the writer swapped the list.
+            self._queue.append(line)
+            if self._idle:
+                self._idle = False
+                self._wake.notify()
+            elif self._thread is None:
+                self._start()
+
+    def _room(self, level: int) -> bool:
+        # Called with the lock held, past the high-water mark.
+        if self.overflow == "block":
+            if threading.current_thread() is self._thread:
+                self._drop_one()
+                return False
+            while len(self._queue) >= self.queue_size and self._writer_alive():
+                self._idle = False
+                self._wake.notify()
+                self._progress.wait(0.5)
+            if len(self._queue) < self.queue_size:
+                return True
+        elif len(self._queue) < self.queue_size and level >= _WARNING:
+            return True
+        self._drop_one()
+        return False
+
+    def _drop_one(self) -> None:
+        self.dropped += 1
+        if not self._overflow_unreported:
+            # The logs_dropped notice to come is itself a line: flush() waits for it too.
+            self.accepted += 1
+        self._overflow_unreported += 1
+        if self._idle:
+            self._idle = False
+            self._wake.notify()
+
+    def _write_now(self, line: bytes) -> None:
+        with self._lock:
+            self.accepted += 1
+            ok = True
             for sink in self.sinks:
                 try:
                     sink.write(line)
                 except Exception as exc:  # noqa: BLE001 - a sink must never break the caller
-                    failed = True
+                    ok = False
                     self.errors += 1
-                    self._reporter.report(sink.name, f"cannot write to {sink.name}: {exc!r}")
-            if failed:
-                self.dropped += 1
-            else:
+                    self._report_now(sink.name, f"cannot write to {sink.name}: {exc!r}")
+            if ok:
                 self.written += 1
+            else:
+                self.dropped += 1
 
     def report(self, key: str, what: str) -> None:
         """Report a logging failure (not a sink's) on stderr, rate-limited per key."""
         with self._lock:
             self.errors += 1
-            self._reporter.report(key, what)
+            text = self._reporter.report(key, what)
+            if text is None:
+                return
+            if self.background and self._writer_alive():
+                # stderr may be a stalled pipe: the writer's thread waits on it, not the caller.
+                self._reports.append(text)
+                if self._idle:
+                    self._idle = False
+                    self._wake.notify()
+                return
+        _write_stderr(text)
+
+    def _report_now(self, key: str, what: str) -> None:
+        text = self._reporter.report(key, what)
+        if text is not None:
+            _write_stderr(text)
 
     def flush(self, timeout: float | None = None) -> bool:
+        """Block until every line accepted so far is written (or dropped); ``False`` on timeout."""
+        if not self.background or threading.current_thread() is self._thread:
+            with self._lock:
+                for sink in self.sinks:
+                    try:
+                        sink.flush()
+                    except Exception as exc:  # noqa: BLE001
+                        self.errors += 1
+                        self._report_now(sink.name, f"cannot flush {sink.name}: {exc!r}")
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            for sink in self.sinks:
-                try:
-                    sink.flush()
-                except Exception as exc:  # noqa: BLE001
-                    self.errors += 1
-                    self._reporter.report(sink.name, f"cannot flush {sink.name}: {exc!r}")
+            target = self.accepted
+            while self.written + self.dropped < target:
+                if not self._writer_alive():
+                    if self._thread is None and self._queue:
+                        self._start()
+                    else:
+                        return False
+                self._idle = False
+                self._wake.notify()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
         return True
+
+    def write_through(self, timeout: float | None = None) -> None:
+        """Flush, then write every later line before ``write()`` returns.
+
+        For the end of an application's life (lifespan shutdown): the server logs a few more
+        lines, then may die of the SIGTERM it re-raises, which skips atexit and would lose
+        whatever the writer thread had not written yet. No request is served any more, so
+        writing in the caller costs nothing that matters.
+        """
+        if not self.background:
+            return
+        self.flush(timeout)
+        with self._lock:
+            self.background = False
+            leftover, self._queue = self._queue, []
+            self._closing = True
+            self._wake.notify()
+        if leftover:
+            self._write_batch(leftover)
 
     def stats(self) -> OutputStats:
         with self._lock:
@@ -204,23 +630,197 @@ class Output:
                 errors=self.errors,
             )
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, timeout: float | None = EXIT_FLUSH_TIMEOUT_S) -> None:
+        """Flush (within ``timeout``), stop the writer, close the files reqlog opened."""
+        self.flush(timeout)
+        thread = self._thread
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(0.0 if timeout is None else min(timeout, 1.0))
+        _BACKGROUND.discard(self)
         for sink in self.sinks:
             # Closing a broken sink has nothing left to report.
             with contextlib.suppress(Exception):
                 sink.close()
 
+    # -- the writer's side ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._closing:
+            return
+        self._thread = threading.Thread(target=self._run, name="reqlog-writer", daemon=True)
+        self._thread.start()
+
+    def _writer_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        lock = self._lock
+        while True:
+            with lock:
+                if not self._has_work():
+                    # Linger before sleeping: lines arriving meanwhile need no wake-up call,
+                    # which would cost the caller a thread switch per line; they are written
+                    # together when the linger ends. flush() and close() cut it short.
+                    self._wake.wait(LINGER_S)
+                while not self._has_work():
+                    self._idle = True
+                    self._wake.wait()
+                self._idle = False
+                batch, self._queue = self._queue, []
+                reports, self._reports = self._reports, []
+                overflowed, self._overflow_unreported = self._overflow_unreported, 0
+                if self.overflow == "block":
+                    self._progress.notify_all()
+                closing = self._closing and not batch
+            for text in reports:
+                _write_stderr(text)
+            if batch:
+                self._write_batch(batch)
+            if overflowed:
+                notice = self._notice(overflowed, "queue_full")
+                self._write_batch([notice])
+            with lock:
+                if self._sink_unreported and self._last_batch_ok:
+                    count, self._sink_unreported = self._sink_unreported, 0
+                    self.accepted += 1
+                    sink_notice: bytes | None = self._notice(count, "sink_error")
+                else:
+                    sink_notice = None
+            if sink_notice is not None:
+                self._write_batch([sink_notice], notice=True)
+            with lock:
+                self._progress.notify_all()
+                if closing and not self._queue:
+                    return
+
+    _last_batch_ok = True
+
+    def _has_work(self) -> bool:
+        return bool(self._queue or self._reports or self._closing or self._overflow_unreported)
+
+    def _notice(self, count: int, reason: str) -> bytes:
+        fields = {"count": count, "reason": reason}
+        try:
+            return self._render("logs_dropped", "warning", fields)
+        except Exception:  # noqa: BLE001 - the configured chain failed: plain JSON then
+            return _default_render("logs_dropped", "warning", fields)
+
+    def _write_batch(self, batch: list[bytes], *, notice: bool = False) -> None:
+        """Write whole lines, one write per chunk per sink; count every line once."""
+        failed: set[int] = set()
+        errors = 0
+        for sink in self.sinks:
+            for start, end, data in _chunks(batch, sink.chunk_bytes):
+                try:
+                    sink.write(data)
+                except Exception as exc:  # noqa: BLE001 - a sink must never break the caller
+                    errors += 1
+                    failed.update(range(start, end))
+                    with self._lock:
+                        text = self._reporter.report(
+                            sink.name, f"cannot write to {sink.name}: {exc!r}"
+                        )
+                    if text is not None:
+                        _write_stderr(text)
+            if not failed and not isinstance(sink, FileSink):
+                with contextlib.suppress(Exception):
+                    sink.flush()
+        with self._lock:
+            self.errors += errors
+            self.dropped += len(failed)
+            self.written += len(batch) - len(failed)
+            self._last_batch_ok = not failed
+            if failed and not notice:
+                self._sink_unreported += len(failed)
+
+    def _after_fork(self) -> None:
+        # The writer thread did not survive fork(); the parent writes what it had queued.
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
+        self._queue = []
+        self._reports = []
+        self._thread = None
+        self._idle = False
+        self._overflow_unreported = self._sink_unreported = 0
+        self.accepted = self.written = self.dropped = self.errors = 0
+
+
+def _chunks(batch: list[bytes], limit: int) -> list[tuple[int, int, bytes]]:
+    """Whole lines joined into chunks of at most ``limit`` bytes (a longer line goes alone)."""
+    if len(batch) == 1:
+        return [(0, 1, batch[0])]
+    chunks: list[tuple[int, int, bytes]] = []
+    start = 0
+    size = 0
+    for i, line in enumerate(batch):
+        if size and size + len(line) > limit:
+            chunks.append((start, i, b"".join(batch[start:i])))
+            start, size = i, 0
+        size += len(line)
+    chunks.append((start, len(batch), b"".join(batch[start:])))
+    return chunks
+
+
+_BACKGROUND: weakref.WeakSet[Output] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for output in list(_BACKGROUND):
+        output._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
+# --- flushing on its own: SIGTERM -------------------------------------------------------------
+
+
+def _flush_on_sigterm(signum: int, frame: Any) -> None:
+    """Flush (bounded), then die of SIGTERM as if reqlog had never been there.
+
+    uvicorn restores the handler it found at startup, this one, and re-raises SIGTERM after
+    its graceful shutdown; the lines uvicorn logged after the lifespan ended get written.
+    """
+    with contextlib.suppress(Exception):
+        flush(timeout=SIGNAL_FLUSH_TIMEOUT_S)
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+def install_sigterm_flush() -> None:
+    """Flush on SIGTERM, where nobody else handles it: main thread, default disposition."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _flush_on_sigterm)
+
+
+# --- module-level API ---------------------------------------------------------------------------
+
 
 def flush(timeout: float | None = None) -> bool:
-    """Block until every event accepted so far is written; ``False`` if ``timeout`` ran out."""
+    """Block until every event accepted so far is written; ``False`` if ``timeout`` ran out.
+
+    >>> reqlog.flush(timeout=2.0)
+    True
+    """
     from reqlog import _config
 
     return _config.current_output().flush(timeout)
 
 
 def output_stats() -> OutputStats:
-    """Accepted, written, dropped and error counts of the current output."""
+    """Accepted, written, dropped and error counts of the current output.
+
+    ``accepted == written + dropped`` whenever nothing is waiting in the queue, so right
+    after ``flush()`` returned ``True``.
+    """
     from reqlog import _config
 
     return _config.current_output().stats()

@@ -81,6 +81,7 @@ def test_text_file_object_and_stderr(capsys: pytest.CaptureFixture[str]) -> None
     assert orjson.loads(stream.getvalue())["event"] == "to a text stream"
     reqlog.configure(output="stderr", format="json")
     reqlog.get_logger("a").info("to stderr")
+    reqlog.flush()  # stderr is written by the background writer
     captured = capsys.readouterr()
     assert (captured.out, orjson.loads(captured.err)["event"]) == ("", "to stderr")
 
@@ -232,6 +233,7 @@ def test_basic_config_handler_is_replaced_not_duplicated(
     try:
         reqlog.configure(output="stdout", format="json")
         logging.getLogger("lib").warning("one line")
+        reqlog.flush()
         out, err = capsys.readouterr()
         assert [orjson.loads(x)["event"] for x in out.splitlines()] == ["one line"]
         assert err == ""
