@@ -39,6 +39,13 @@ bench: $(STAMP)
 	  else \
 	    echo "bench: wrk is missing and this is not root (or not Debian): install wrk to run the uvicorn requests/s benchmark; it will be skipped"; \
 	  fi; }
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y valgrind >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y valgrind >/dev/null 2>&1; } \
+	      || echo "bench: could not install valgrind; the instruction counts will be skipped"; \
+	  else \
+	    echo "bench: valgrind is missing: the instruction counts will be skipped"; \
+	  fi; }
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 

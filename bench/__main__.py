@@ -2,7 +2,7 @@
 
 python -m bench                 # the full suite, about 5 minutes on 2 cores
 python -m bench --quick         # a smoke run: every contender once, few iterations
-python -m bench --only libs     # requests, libs, events, stall (comma-separated)
+python -m bench --only libs     # requests, instructions, libs, events, stall (comma-separated)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import bench_libs, bench_requests, bench_stall
+from bench import bench_instructions, bench_libs, bench_requests, bench_stall
 from bench.apps import CONTENDERS
 
 HERE = Path(__file__).parent
@@ -172,6 +172,35 @@ def stall_section(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return lines, {"stall_ratio": ratio}
 
 
+def instructions_section(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = [
+        "## Per request, in instructions (callgrind)",
+        "",
+        "The in-process driver above under valgrind's callgrind: instructions executed per "
+        "request, the difference between 1200 and 200 requests over 1000. The same count on "
+        "every run whatever the machine is doing, so these ratios are the stable ones; time "
+        "on this CPU tracks them loosely (cache and branch effects are not counted).",
+        "",
+    ]
+    if "skipped" in results:
+        return [*lines, f"Skipped: {results['skipped']}."], {}
+    bare = results.get("bare", {}).get("instructions")
+    lines += ["| contender | instructions/request | overhead | x bare |", "|---|---:|---:|---:|"]
+    summary: dict[str, Any] = {}
+    for name, (_, label) in CONTENDERS.items():
+        count = results.get(name, {}).get("instructions")
+        if count is None:
+            continue
+        overhead = None if bare is None else count - bare
+        ratio = None if not bare else count / bare
+        summary[name] = {"overhead": overhead, "ratio": ratio}
+        lines.append(
+            f"| {label} | {count / 1000:.0f}k | "
+            f"{'n/a' if overhead is None else f'{overhead / 1000:+.0f}k'} | {_fmt(ratio, 2)} |"
+        )
+    return lines, summary
+
+
 def events_section() -> list[str]:
     if not (HERE / "bench_events.py").exists():
         return []
@@ -186,7 +215,9 @@ def events_section() -> list[str]:
     return ["## The default chain, processor by processor (bench_events)", "", body]
 
 
-def goals(req: dict[str, Any], libs: dict[str, Any], stall: dict[str, Any]) -> list[str]:
+def goals(
+    req: dict[str, Any], libs: dict[str, Any], stall: dict[str, Any], instr: dict[str, Any]
+) -> list[str]:
     reqlog = req.get("reqlog", {})
     recipe = req.get("recipe", {})
     half = (
@@ -214,13 +245,26 @@ def goals(req: dict[str, Any], libs: dict[str, Any], stall: dict[str, Any]) -> l
         f"| {_verdict(None if event is None else event <= 8.0)} |",
         f"| a stalled sink adds no request latency | median stalled/normal "
         f"{_fmt(stall_ratio, 2)}x | {_verdict(stall_ok)} |",
+        *_instruction_goals(instr),
+    ]
+
+
+def _instruction_goals(instr: dict[str, Any]) -> list[str]:
+    reqlog, recipe = instr.get("reqlog"), instr.get("recipe")
+    if not reqlog or not recipe:
+        return []
+    half = reqlog["overhead"] <= recipe["overhead"] / 2
+    return [
+        f"| the same two in-process goals, in instructions | reqlog {reqlog['ratio']:.2f}x bare, "
+        f"overhead {reqlog['overhead'] / recipe['overhead']:.2f}x the recipe's "
+        f"| {_verdict(reqlog['ratio'] <= 1.30)} (1.30x), {_verdict(half)} (half) |",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run, not for RESULTS.md")
-    parser.add_argument("--only", default="requests,libs,events,stall")
+    parser.add_argument("--only", default="requests,instructions,libs,events,stall")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/RESULTS.md")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -241,10 +285,16 @@ def main() -> None:
     req_summary: dict[str, Any] = {}
     libs_summary: dict[str, Any] = {}
     stall_summary: dict[str, Any] = {}
+    instr_summary: dict[str, Any] = {}
     if "requests" in only:
         print("bench: requests (in-process, then uvicorn + wrk)...", file=sys.stderr)
         raw["requests"] = bench_requests.run(args.quick)
         section, req_summary = requests_section(raw["requests"])
+        body += [*section, ""]
+    if "instructions" in only:
+        print("bench: instructions per request under callgrind...", file=sys.stderr)
+        raw["instructions"] = bench_instructions.run(args.quick)
+        section, instr_summary = instructions_section(raw["instructions"])
         body += [*section, ""]
     if "libs" in only:
         print("bench: per-event cost of each library...", file=sys.stderr)
@@ -265,7 +315,7 @@ def main() -> None:
     text = "\n".join(
         [
             *header,
-            *goals(req_summary, libs_summary, stall_summary),
+            *goals(req_summary, libs_summary, stall_summary, instr_summary),
             "",
             *body,
             notes,

@@ -401,7 +401,7 @@ def _build_chain(
     searched too), and before anything is rendered or written.
     """
     head: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+        context.merge_structlog_contextvars,
         context.merge_request_context,
         add_logger_name,
         structlog.processors.add_log_level,

@@ -133,6 +133,19 @@ def merge_request_context(
 _STRUCTLOG_VARS: dict[str, Any] = getattr(structlog.contextvars, "_CONTEXT_VARS", {"?": None})
 
 
+def merge_structlog_contextvars(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """Processor: ``structlog.contextvars.merge_contextvars``, skipped while nothing can be bound.
+
+    structlog's walks every context variable of the context on every event; until the first
+    ``bind_contextvars()`` there is nothing to find.
+    """
+    if not _STRUCTLOG_VARS:
+        return event_dict
+    return structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
+
+
 def structlog_snapshot() -> contextvars.Context | None:
     """Remember structlog's context-local bindings (``copy_context`` is O(1)).
 

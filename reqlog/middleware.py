@@ -469,12 +469,13 @@ def _flush_at_shutdown(send: Send) -> Send:
 
 
 def _with_header(message: Message, name: bytes, value: bytes) -> Message:
-    headers = list(message.get("headers") or ())
+    """The message with header ``name`` added, unless the app set it (names are lower case in
+    ASGI responses); a copy: the app's own header list is left alone."""
+    headers = message.get("headers") or ()
     for key, _ in headers:
-        if key.lower() == name:
+        if key == name:
             return message
-    headers.append((name, value))
-    return {**message, "headers": headers}
+    return {**message, "headers": [*headers, (name, value)]}
 
 
 def _route_template(scope: Scope, root_path_at_entry: str, app: Any = None) -> str | None:

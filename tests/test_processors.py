@@ -133,7 +133,7 @@ def test_default_chain_order() -> None:
 
     chain = reqlog.default_processors(service="orders", processors=[mine], sample_rate=0.5)
     assert _names(chain) == [
-        "merge_contextvars",
+        "merge_structlog_contextvars",
         "merge_request_context",
         "add_logger_name",
         "add_log_level",
@@ -147,7 +147,7 @@ def test_default_chain_order() -> None:
         "JSONRenderer",
     ]
     assert _names(reqlog.default_processors(format="console", redact=False)) == [
-        "merge_contextvars",
+        "merge_structlog_contextvars",
         "merge_request_context",
         "add_logger_name",
         "add_log_level",
