@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import ipaddress
 import logging
@@ -250,13 +251,7 @@ class RequestLoggingMiddleware:
                 fields.update(capture.fields())
             return fields
 
-        ctx = context.RequestContext(
-            {"request_id": request_id, "client_ip": self._peer_ip(scope)}, scope
-        )
-        snapshot = context.structlog_snapshot()
-        ctx_token = context.CURRENT.set(ctx)
-        cid_token = correlation_id.set(request_id)
-        self._sentry(request_id)
+        bound = self._enter(scope, request_id)
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except Exception as exc:
@@ -287,9 +282,20 @@ class RequestLoggingMiddleware:
                 fields["response_incomplete"] = True
             self._completed(fields)
         finally:
-            correlation_id.reset(cid_token)
-            context.CURRENT.reset(ctx_token)
-            context.structlog_restore(snapshot)
+            _leave(bound)
+
+    def _enter(self, scope: Scope, request_id: str) -> _Bound:
+        """Bind the request's context: reqlog's, asgi-correlation-id's (and Sentry's) ID."""
+        ctx = context.RequestContext(
+            {"request_id": request_id, "client_ip": self._peer_ip(scope)}, scope
+        )
+        bound = (
+            context.structlog_snapshot(),
+            context.CURRENT.set(ctx),
+            correlation_id.set(request_id),
+        )
+        self._sentry(request_id)
+        return bound
 
     def _identify(self, scope: Scope) -> tuple[Scope, str, str | None]:
         """The request ID (inbound when valid, else new) and the user agent, in one header pass.
@@ -370,22 +376,14 @@ class RequestLoggingMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = self._clock()
-        scope, request_id_str, user_agent = self._identify(scope)
-        ctx = context.RequestContext(
-            {"request_id": request_id_str, "client_ip": self._peer_ip(scope)}, scope
-        )
-        snapshot = context.structlog_snapshot()
-        ctx_token = context.CURRENT.set(ctx)
-        cid_token = correlation_id.set(request_id_str)
-        self._sentry(request_id_str)
+        scope, request_id, user_agent = self._identify(scope)
+        bound = self._enter(scope, request_id)
         try:
             await self._websocket_session(
-                scope, receive, send, start, request_id_str.encode("latin-1"), user_agent
+                scope, receive, send, start, request_id.encode("latin-1"), user_agent
             )
         finally:
-            correlation_id.reset(cid_token)
-            context.CURRENT.reset(ctx_token)
-            context.structlog_restore(snapshot)
+            _leave(bound)
 
     async def _websocket_session(
         self,
@@ -450,6 +448,21 @@ class RequestLoggingMiddleware:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+_Bound = tuple[
+    contextvars.Context | None,
+    contextvars.Token[context.RequestContext | None],
+    contextvars.Token[str | None],
+]
+
+
+def _leave(bound: _Bound) -> None:
+    """Undo ``_enter``: nothing of the request stays in the context, structlog's included."""
+    snapshot, ctx_token, cid_token = bound
+    correlation_id.reset(cid_token)
+    context.CURRENT.reset(ctx_token)
+    context.structlog_restore(snapshot)
 
 
 def _flush_at_shutdown(send: Send) -> Send:
