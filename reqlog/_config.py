@@ -170,10 +170,6 @@ def get_logger(name: str | None = None, **initial_values: Any) -> FilteringBound
     return cast(FilteringBoundLogger, BoundLogger(_OutputLogger(name), _PROCESSORS, initial_values))
 
 
-def access_logger() -> FilteringBoundLogger:
-    return get_logger(ACCESS_LOGGER)
-
-
 _ACCESS = _OutputLogger(ACCESS_LOGGER)
 _METHOD_NAMES: Final = {
     logging.DEBUG: "debug",
@@ -187,9 +183,9 @@ _METHOD_NAMES: Final = {
 def emit_access(level: int, event: str, fields: dict[str, Any]) -> None:
     """Log an access event straight through the chain; ``fields`` becomes the event dict.
 
-    What ``access_logger().log(level, event, **fields)`` does, minus structlog's bound-logger
-    layers (context copy, keyword repacking, method dispatch), which cost about as much as
-    the chain itself for the one event every request logs. Same processors list, so
+    What ``get_logger(ACCESS_LOGGER).log(level, event, **fields)`` does, minus structlog's
+    bound-logger layers (context copy, keyword repacking, method dispatch), which cost about as
+    much as the chain itself for the one event every request logs. Same processors list, so
     ``structlog.testing.capture_logs`` sees it the same way.
     """
     settings = _STATE.settings
@@ -782,7 +778,21 @@ def configure(
     try:
         if slow_output is not None:
             slow_sinks = build_sinks(slow_output, "slow_output")
-        slow_out = Output(slow_sinks) if slow_sinks else None
+        slow_out = (
+            Output(
+                slow_sinks,
+                # The same rule as the main output: a stalled slow channel must not stall
+                # the requests that are slow enough to be written to it.
+                background=all(not isinstance(s, StreamSink) or s.owned for s in slow_sinks)
+                if out_options.background is None
+                else out_options.background,
+                queue_size=out_options.queue_size,
+                overflow=out_options.overflow,
+                render=_render_own_event,
+            )
+            if slow_sinks
+            else None
+        )
         if fmt == "auto":
             fmt = "console" if _isatty(sinks[0]) else "json"
         colors = fmt == "console" and _isatty(sinks[0])

@@ -184,9 +184,7 @@ class RequestLoggingMiddleware:
         start = self._clock()
         scope, request_id, user_agent = self._identify(scope)
         path = scope["path"]
-        excluded = path in self._exclude_exact or (
-            bool(self._exclude_prefixes) and path.startswith(self._exclude_prefixes)
-        )
+        excluded = self._excluded(path)
         clock = self._clock
         header_name = self._header_key
         request_id_bytes = request_id.encode("latin-1")

@@ -807,12 +807,20 @@ def install_sigterm_flush() -> None:
 def flush(timeout: float | None = None) -> bool:
     """Block until every event accepted so far is written; ``False`` if ``timeout`` ran out.
 
+    The ``slow_output`` too, when there is one, within the same ``timeout``.
+
     >>> reqlog.flush(timeout=2.0)
     True
     """
     from reqlog import _config
 
-    return _config.current_output().flush(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done = _config.current_output().flush(timeout)
+    slow = _config._STATE.slow_output
+    if slow is not None:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done = slow.flush(left) and done
+    return done
 
 
 def output_stats() -> OutputStats:
