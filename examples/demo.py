@@ -11,10 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+from reqlog import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,6 +93,14 @@ def demo() -> int:
         print("\nstderr:\n")
         sys.stdout.write(stderr.decode("utf-8", "replace"))
     lines = stdout.decode().splitlines()
+    with tempfile.TemporaryDirectory() as tmp:
+        log_file = Path(tmp) / "demo.log"
+        log_file.write_bytes(stdout)
+        print("\nThe same log, read back with `reqlog view` and `reqlog stats --by route`:\n")
+        sys.stdout.flush()
+        cli.main(["view", str(log_file)])
+        print()
+        cli.main(["stats", "--by", "route", str(log_file)])
     print(
         f"\n{len(lines)} log lines for {len(REQUESTS)} requests; uvicorn exited {proc.returncode}"
     )

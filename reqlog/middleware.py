@@ -558,9 +558,19 @@ async def _send_error_response(
     by running Starlette's own ``ServerErrorMiddleware`` on the exception; the outer one then
     sees a response already started and only re-raises.
     """
+
+    async def closing_send(message: Message) -> None:
+        # The exception goes on to the server, which then closes the connection (uvicorn
+        # does): say so, or a keep-alive client sends its next request into a closing socket.
+        if message["type"] == "http.response.start":
+            message = _with_header(message, b"connection", b"close")
+        await send(message)
+
     if app is None or not hasattr(app, "exception_handlers"):
         # Not Starlette: answer as the server would, with the ID.
-        await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+        await PlainTextResponse("Internal Server Error", status_code=500)(
+            scope, receive, closing_send
+        )
         return
     handler = None
     for key, value in app.exception_handlers.items():
@@ -580,7 +590,9 @@ async def _send_error_response(
         raise exc
 
     try:
-        await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(scope, receive, send)
+        await ServerErrorMiddleware(reraise, handler=handler, debug=debug)(
+            scope, receive, closing_send
+        )
     except Exception as raised:  # noqa: BLE001 - the app's handler must not hide the original
         if raised is not exc:
             # The app's own error handler failed: the server will answer with its own 500.

@@ -443,6 +443,8 @@ async def test_default_500_carries_the_request_id(log_output: LogOutput) -> None
         response = await client.get("/boom", headers={"X-Request-ID": RID})
     assert (response.status_code, response.text) == (500, "Internal Server Error")
     assert response.headers["x-request-id"] == RID
+    # The server closes the connection after an exception: the response says so.
+    assert response.headers["connection"] == "close"
     assert [e["event"] for e in log_output.events()] == ["request_failed"]
 
 
