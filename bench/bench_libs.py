@@ -66,20 +66,11 @@ def reqlog_stdlib() -> Callable[[], None]:
 
 def structlog_orjson() -> Callable[[], None]:
     """Plain structlog, its performance-guide setup: orjson to bytes, cached filtering logger."""
-    import orjson
     import structlog
 
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.BytesLoggerFactory(file=open(os.devnull, "wb")),  # noqa: SIM115
-        cache_logger_on_first_use=True,
-    )
+    from bench.apps import configure_plain_structlog
+
+    configure_plain_structlog()
     log = structlog.get_logger("bench")
     return lambda: log.info("request_completed", **FIELDS)
 
