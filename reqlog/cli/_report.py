@@ -16,16 +16,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import orjson
-
-from ._events import ACCESS_EVENTS, epoch, format_time, needs_normalising, normalise
+from ._events import epoch, format_time
 from ._input import STDIN, ReadStats, iter_chunks
 from ._stats import (
     NO_ROUTE,
     Aggregate,
     Group,
     Row,
-    access_lines,
+    access_events,
     no_requests_message,
     percentiles,
     rows,
@@ -63,20 +61,8 @@ class Collected:
 def collect(chunks: Iterable[bytes], stats: ReadStats) -> Collected:
     """One pass over the access events of the input."""
     data = Collected()
-    for chunk in chunks:
-        for line in access_lines(chunk):
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                stats.malformed += 1
-                continue
-            if type(event) is not dict:
-                continue
-            if "method" not in event and needs_normalising(event):
-                normalise(event)
-            if event.get("event") not in ACCESS_EVENTS:
-                continue
-            _add(data, event)
+    for event in access_events(chunks, stats):
+        _add(data, event)
     stats.events += data.requests
     return data
 

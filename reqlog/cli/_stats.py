@@ -148,15 +148,10 @@ def access_lines(chunk: bytes) -> Iterator[bytes]:
             pos = find(marker, end)
 
 
-def aggregate(chunks: Iterable[bytes], stats: ReadStats, by: str) -> Aggregate:
-    """Read access events from blocks of lines into groups (the hot loop)."""
-    agg = Aggregate(by=by)
-    groups = agg.groups
+def access_events(chunks: Iterable[bytes], stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """The access events in blocks of lines, parsed and normalised to flat names."""
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
-    first = last = None
-    requests = 0
-    by_route = by == "route"
     for chunk in chunks:
         for line in access_lines(chunk):
             try:
@@ -168,47 +163,57 @@ def aggregate(chunks: Iterable[bytes], stats: ReadStats, by: str) -> Aggregate:
                 continue
             if "method" not in event and needs_normalising(event):
                 normalise(event)
-            get = event.get
-            if get("event") not in ACCESS_EVENTS:
-                continue
-            requests += 1
-            if by_route:
-                key = f"{get('method') or '-'} {get('route') or NO_ROUTE}"
+            if event.get("event") in ACCESS_EVENTS:
+                yield event
+
+
+def aggregate(chunks: Iterable[bytes], stats: ReadStats, by: str) -> Aggregate:
+    """Read access events from blocks of lines into groups (the hot loop)."""
+    agg = Aggregate(by=by)
+    groups = agg.groups
+    first = last = None
+    requests = 0
+    by_route = by == "route"
+    for event in access_events(chunks, stats):
+        get = event.get
+        requests += 1
+        if by_route:
+            key = f"{get('method') or '-'} {get('route') or NO_ROUTE}"
+        else:
+            key = group_key(event, by)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group()
+        duration = get("duration_ms")
+        if type(duration) is not float:
+            duration = float(duration) if isinstance(duration, int) else 0.0
+        rate = get("sample_rate")
+        if rate is None:
+            weight = 1.0
+            group.durations.append(duration)
+        elif isinstance(rate, float | int) and 0 < rate < 1:
+            weight = 1.0 / rate
+            sampled = group.sampled.get(weight)
+            if sampled is None:
+                sampled = group.sampled[weight] = []
+            sampled.append(duration)
+        else:
+            weight = 1.0
+            group.durations.append(duration)
+        status = get("status_code")
+        if type(status) is int and status >= 400:
+            if status >= 500:
+                group.count_5xx += weight
             else:
-                key = group_key(event, by)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = Group()
-            duration = get("duration_ms")
-            if type(duration) is not float:
-                duration = float(duration) if isinstance(duration, int) else 0.0
-            rate = get("sample_rate")
-            if rate is None:
-                weight = 1.0
-                group.durations.append(duration)
-            elif isinstance(rate, float | int) and 0 < rate < 1:
-                weight = 1.0 / rate
-                sampled = group.sampled.get(weight)
-                if sampled is None:
-                    sampled = group.sampled[weight] = []
-                sampled.append(duration)
-            else:
-                weight = 1.0
-                group.durations.append(duration)
-            status = get("status_code")
-            if type(status) is int and status >= 400:
-                if status >= 500:
-                    group.count_5xx += weight
-                else:
-                    group.count_4xx += weight
-            if get("slow") is True:
-                group.slow += weight
-            when = epoch(get("timestamp"))
-            if when is not None:
-                if first is None or when < first:
-                    first = when
-                if last is None or when > last:
-                    last = when
+                group.count_4xx += weight
+        if get("slow") is True:
+            group.slow += weight
+        when = epoch(get("timestamp"))
+        if when is not None:
+            if first is None or when < first:
+                first = when
+            if last is None or when > last:
+                last = when
     stats.events += requests
     agg.first, agg.last, agg.requests = first, last, requests
     return agg
