@@ -348,7 +348,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         bound = self._enter(scope, request_id, client_ip)
         # Registered with this event loop's requests in flight: for the disconnect watch, and
         # for the wait at shutdown. Inline, it runs for every request.
-        in_flight: set[Callable[[], None]] | None = None
+        inflight: _InFlight | None = None
         if not excluded:
             try:
                 loop = _get_running_loop()
@@ -358,8 +358,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                 inflight = self._in_flight
                 if inflight is None or inflight.loop is not loop:
                     inflight = self._in_flight = _InFlight(loop)
-                in_flight = inflight.requests
-                in_flight.add(watch)
+                inflight.requests.add(watch)
                 if inflight.timer is None:
                     inflight.arm()
         try:
@@ -407,10 +406,11 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         finally:
             if ahead is not None:
                 ahead.stop()
-            if in_flight is not None:
-                in_flight.discard(watch)
-                if not in_flight and self._in_flight is not None:
-                    self._in_flight.idle()
+            if inflight is not None:
+                requests = inflight.requests
+                requests.discard(watch)
+                if inflight.waiter is not None and not requests:
+                    inflight.waiter.set()  # the shutdown is waiting for the last one
             _leave(bound)
 
     def _enter(self, scope: Scope, request_id: str, client_ip: str | None) -> _Bound:
@@ -460,8 +460,13 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         return {**scope, "headers": new_headers}, request_id, inbound is not None, user_agent
 
     async def _settle(self) -> None:
+        """At lifespan shutdown: give the requests the server just cancelled a moment to log."""
         inflight = self._in_flight
-        if inflight is not None and inflight.loop is asyncio.get_running_loop():
+        try:
+            loop = _get_running_loop()
+        except RuntimeError:  # not asyncio (trio): nothing is registered
+            return
+        if inflight is not None and inflight.loop is loop:
             await inflight.settled(SETTLE_TIMEOUT_S)
 
     async def _nested(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -655,7 +660,7 @@ class _InFlight:
     flight.
     """
 
-    __slots__ = ("_idle", "_older", "loop", "requests", "timer")
+    __slots__ = ("_older", "loop", "requests", "timer", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -663,17 +668,13 @@ class _InFlight:
         self.requests: set[Callable[[], None]] = set()
         self.timer: asyncio.TimerHandle | None = None
         self._older: set[Callable[[], None]] = set()
-        self._idle: asyncio.Event | None = None
+        # Set while the lifespan shutdown waits for the requests in flight to end.
+        self.waiter: asyncio.Event | None = None
 
     def arm(self) -> None:
         # An empty context: the tick belongs to no request.
         tick, context = self._tick, contextvars.Context()
         self.timer = self.loop.call_later(WATCH_INTERVAL_S, tick, context=context)
-
-    def idle(self) -> None:
-        """The last request in flight has ended."""
-        if self._idle is not None:
-            self._idle.set()
 
     def _tick(self) -> None:
         requests = self.requests
@@ -693,13 +694,13 @@ class _InFlight:
         """Wait until no request is in flight, for at most ``timeout`` seconds."""
         if not self.requests:
             return
-        idle = self._idle = asyncio.Event()
+        waiter = self.waiter = asyncio.Event()
         try:
-            await asyncio.wait_for(idle.wait(), timeout)
+            await asyncio.wait_for(waiter.wait(), timeout)
         except TimeoutError:
             pass
         finally:
-            self._idle = None
+            self.waiter = None
 
 
 class _ReadAhead:
