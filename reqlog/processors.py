@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from itertools import accumulate, compress, count, repeat
+from itertools import accumulate, compress, count
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -392,7 +392,7 @@ def _assignment_patterns(shortest: int) -> tuple[re.Pattern[str], re.Pattern[str
     their separators, in reversed text: one pattern capturing the names only, one capturing
     separator and name (for ``split``, which then keeps every character)."""
     name = rf"([{_NAME}]{{{shortest},64}}+)(?![{_NAME}])"
-    separator = r"=(?:=)?[ \t]*+(?:[\"']\\?)?"
+    separator = r"=[ \t]*+(?:[\"']\\?)?"
     return re.compile(separator + name), re.compile(f"({separator}){name}")
 
 
@@ -400,7 +400,7 @@ def _assignment_patterns(shortest: int) -> tuple[re.Pattern[str], re.Pattern[str
 # the line when the quote is never closed: a cut value is still hidden), an escaped quote of
 # JSON inside a string, or a bare word (after an auth scheme such as ``Bearer``, which stays).
 _TEXT_VALUE = re.compile(
-    r"""[ \t]*+(?:
+    r"""(?:(?<=:)=)?[ \t]*+(?:
         "((?:[^"\\\n]++|\\.)*+)
       | '((?:[^'\\\n]++|\\.)*+)
       | \\"((?:[^"\\\n]++|\\[^"\n])*+)
@@ -447,8 +447,7 @@ _LUHN_TABLE = bytes.maketrans(b"0123456789", b"0246813579")
 _RE_FLAGS = re.IGNORECASE | re.MULTILINE | re.DOTALL | re.UNICODE | re.ASCII
 
 _PLAIN, _SECRET, _TEXT, _QUERY = 0, 1, 2, 3
-_UNKNOWN = -1  # a name not classified yet
-_LOOK = frozenset({_SECRET, _UNKNOWN})
+_LOOK = frozenset({_SECRET, None})  # secret names, and names not classified yet
 _SCALARS = frozenset({int, float, bool, type(None)})
 _flat_types = frozenset({str, int, float, bool, type(None)}).issuperset
 # Bounds on the per-Redactor caches, so that events with ever-new keys or messages cannot
@@ -530,24 +529,28 @@ def _digits(text: str) -> int:
     return text.encode("latin-1", "ignore").translate(_DIGIT_MARKS).count(1)
 
 
-# What lets a text skip a built-in pattern without running it: literals one of which every
-# match holds (a C-level ``in`` rules most strings out) and a minimum count of digits; and the
-# check a match must pass to be replaced.
-_BUILT_IN: dict[re.Pattern[str], tuple[tuple[str, ...], int, Callable[[str], bool] | None]] = {
-    BEARER_TOKEN: (("earer", "EARER"), 0, None),
-    BASIC_CREDENTIALS: (("asic", "ASIC"), 0, _basic_credentials),
-    JWT: (("eyJ",), 0, None),
-    AWS_ACCESS_KEY_ID: (("AKIA", "ASIA"), 0, None),
-    GITHUB_TOKEN: (("gh", "github_pat_"), 0, None),
-    GITLAB_TOKEN: (("gl",), 0, None),
-    SLACK_TOKEN: (("xox",), 0, None),
-    SLACK_WEBHOOK: (("hooks.slack.com",), 0, None),
-    STRIPE_KEY: (("k_live_", "k_test_", "whsec_"), 0, None),
-    GOOGLE_API_KEY: (("AIza",), 0, None),
-    PRIVATE_KEY: (("PRIVATE KEY",), 0, None),
-    CARD_NUMBER: ((), 13, _card_number),
-    URL_PASSWORD: (("://",), 0, None),
+# What lets a text skip a built-in pattern without running it: characters one of which every
+# match holds (the gate: a short text holding none of any pattern's is done at once), literals
+# one of which every match holds (a C-level ``in`` rules most strings out), or a minimum count
+# of digits; and the check a match must pass to be replaced.
+_BuiltIn = tuple[str, tuple[str, ...], int, Callable[[str], bool] | None]
+_BUILT_IN: dict[re.Pattern[str], _BuiltIn] = {
+    BEARER_TOKEN: ("bB", ("earer", "EARER"), 0, None),
+    BASIC_CREDENTIALS: ("bB", ("asic", "ASIC"), 0, _basic_credentials),
+    JWT: ("J", ("eyJ",), 0, None),
+    AWS_ACCESS_KEY_ID: ("I", ("AKIA", "ASIA"), 0, None),
+    GITHUB_TOKEN: ("_", ("gh", "github_pat_"), 0, None),
+    GITLAB_TOKEN: ("-", ("gl",), 0, None),
+    SLACK_TOKEN: ("-", ("xox",), 0, None),
+    SLACK_WEBHOOK: ("/", ("hooks.slack.com",), 0, None),
+    STRIPE_KEY: ("_", ("k_live_", "k_test_", "whsec_"), 0, None),
+    GOOGLE_API_KEY: ("I", ("AIza",), 0, None),
+    PRIVATE_KEY: ("Y", ("PRIVATE KEY",), 0, None),
+    CARD_NUMBER: ("", (), 13, _card_number),
+    URL_PASSWORD: ("@", ("://",), 0, None),
 }
+# Texts up to this length are checked against the gates first.
+_GATED_LENGTH = 256
 _BUILT_IN_SOURCES = {pattern.pattern: pattern for pattern in _BUILT_IN}
 
 
@@ -560,17 +563,18 @@ _Finder = Callable[[str], Iterator[tuple[int, int, bool]]]
 class _ValuePattern:
     """One value pattern: the cheap checks that let most strings skip it, and its finder."""
 
-    __slots__ = ("find", "hints", "min_digits")
+    __slots__ = ("find", "gate", "hints", "min_digits")
 
     def __init__(self, pattern: str | re.Pattern[str], option: str) -> None:
         if isinstance(pattern, str):
             pattern = _BUILT_IN_SOURCES.get(pattern, pattern)
         built_in = _BUILT_IN.get(pattern) if isinstance(pattern, re.Pattern) else None
+        self.gate = ""  # none: the pattern is tried on every text
         self.hints: tuple[str, ...] = ()
         self.min_digits = 0
         self.find: _Finder
         if built_in is not None and isinstance(pattern, re.Pattern):
-            self.hints, self.min_digits, validate = built_in
+            self.gate, self.hints, self.min_digits, validate = built_in
             if pattern is CARD_NUMBER:
                 self.find = _find_card_numbers
             elif pattern is BEARER_TOKEN:
@@ -839,9 +843,13 @@ class Redactor:
         ]
         self.patterns: tuple[str | re.Pattern[str], ...] = tuple(p for p, _ in given)
         self._patterns = tuple(_ValuePattern(p, option) for p, option in given)
+        self._gates = frozenset("".join(p.gate for p in self._patterns))
+        self._ungated = tuple(p for p in self._patterns if not p.gate)
         self._has_keys = bool(self._exact or self._suffixes or self._contains)
         words = (*self._exact, *self._suffixes, *self._contains)
-        self._assignment_patterns = _assignment_patterns(min(map(len, words), default=1))
+        self._assignment_names, self._assignment_parts = _assignment_patterns(
+            min(map(len, words), default=1)
+        )
         self._kinds = _KeyKinds(self._classify)
         self._reversed_kinds = _KeyKinds(lambda name: self._classify(name[::-1]))
         self._clean_text: set[str] = set()
@@ -1002,12 +1010,24 @@ class Redactor:
         censor = self.censor
         result = text
         if self._has_keys and ("=" in result or ":" in result):
-            found = self._find_assignments(result, _QUERY_VALUE if query else _TEXT_VALUE)
-            result, budget, dropped = _replace(result, found, censor, budget)
-            cut += dropped
+            # The names before ``=`` and ``:``, found and classified at C level (``findall`` in
+            # the reversed text, ``map`` over the cache of names): Python looks only at secret
+            # names and names never seen, when there are any.
+            reverse = result[::-1].replace(":", "=")
+            names = self._assignment_names.findall(reverse)
+            if names:
+                kinds = list(map(self._reversed_kinds.get, names))  # None: never seen
+                if _SECRET in kinds or None in kinds:
+                    values = _QUERY_VALUE if query else _TEXT_VALUE
+                    found = self._find_assignments(result, reverse, names, kinds, values)
+                    result, budget, dropped = _replace(result, found, censor, budget)
+                    cut += dropped
+        patterns = self._patterns
+        if len(result) <= _GATED_LENGTH and self._gates.isdisjoint(result):
+            patterns = self._ungated  # most short texts: no pattern's gate character in them
         # The hints, inlined: most strings are ruled out by these C-level checks alone, and a
         # method call per pattern and string is a noticeable share of the cost.
-        for pattern in self._patterns:
+        for pattern in patterns:
             hints = pattern.hints
             if hints:
                 for hint in hints:
@@ -1028,34 +1048,28 @@ class Redactor:
         return result
 
     def _find_assignments(
-        self, text: str, values: re.Pattern[str]
+        self,
+        text: str,
+        reverse: str,
+        names: list[str],
+        kinds: list[int | None],
+        values: re.Pattern[str],
     ) -> Iterator[tuple[int, int, bool]]:
-        """The value after each secret name (``token=...``, ``"password": "..."``).
-
-        The names are found and classified at C level (``split`` of the reversed text, then
-        ``map`` over the key cache): Python looks only at secret names and names never seen.
-        """
-        reverse = text[::-1].replace(":", "=")
-        names_only, with_separators = self._assignment_patterns
-        kinds = self._reversed_kinds
-        names = names_only.findall(reverse)
-        if not names:
-            return
-        found = list(map(kinds.get, names, repeat(_UNKNOWN)))
-        if _SECRET not in found and _UNKNOWN not in found:
-            return
-        parts = with_separators.split(reverse)  # text, separator, name, text...
+        """The value after each secret name (``token=...``, ``"password": "..."``), given the
+        names found in ``reverse`` (the text reversed, ``:`` written ``=``) and their kinds."""
+        parts = self._assignment_parts.split(reverse)  # text, separator, name, text...
         offsets = list(accumulate(map(len, parts)))  # where each part ends, in ``reverse``
         length = len(text)
         censor = self.censor
         last = 0
-        for index in reversed(list(compress(count(), map(_LOOK.__contains__, found)))):
+        classify = self._reversed_kinds.__getitem__
+        for index in reversed(list(compress(count(), map(_LOOK.__contains__, kinds)))):
             name_start = length - offsets[3 * index + 2]
             if name_start < last:
                 continue  # inside a value already replaced
-            kind = found[index]
-            if kind == _UNKNOWN:
-                kind = kinds[names[index]]
+            kind = kinds[index]
+            if kind is None:
+                kind = classify(names[index])
             value = None
             if kind == _SECRET:
                 value = values.match(text, length - offsets[3 * index])
