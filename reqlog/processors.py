@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from itertools import accumulate, compress, count
+from itertools import accumulate, compress, count, islice
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -447,7 +447,7 @@ _LUHN_TABLE = bytes.maketrans(b"0123456789", b"0246813579")
 _RE_FLAGS = re.IGNORECASE | re.MULTILINE | re.DOTALL | re.UNICODE | re.ASCII
 
 _PLAIN, _SECRET, _TEXT, _QUERY = 0, 1, 2, 3
-_LOOK = frozenset({_SECRET, None})  # secret names, and names not classified yet
+_SECRETS = frozenset({_SECRET})
 _SCALARS = frozenset({int, float, bool, type(None)})
 _flat_types = frozenset({str, int, float, bool, type(None)}).issuperset
 # Bounds on the per-Redactor caches, so that events with ever-new keys or messages cannot
@@ -625,14 +625,15 @@ def _find_card_numbers(text: str) -> Iterator[tuple[int, int, bool]]:
 
 
 def _replace(
-    text: str, found: Iterator[tuple[int, int, bool]], censor: str, budget: int
+    text: str, found: Iterator[tuple[int, int, bool | None]], censor: str, budget: int
 ) -> tuple[str, int, int]:
     """``text`` with what ``found`` says replaced by ``censor``; the budget left, and how many
-    characters were cut because it ran out (then the budget left is -1)."""
+    characters were cut because it ran out or ``found`` said so (``None``: cut here), in which
+    case the budget left is -1."""
     pieces: list[str] = []
     last = 0
     for start, end, secret in found:
-        if budget <= 0:
+        if budget <= 0 or secret is None:
             # Out of findings: what was not looked at is cut, never passed on unsearched.
             head = "".join(pieces) + text[last:start]
             kept = drop_cut_token(head)
@@ -659,7 +660,7 @@ def _findings_budget(length: int) -> int:
 
 def _linear_time(pattern: str | re.Pattern[str], option: str) -> Any:
     """``pattern`` compiled by RE2, or ``ValueError`` saying why it cannot run in linear time."""
-    import re2  # noqa: PLC0415 - only patterns users add need it
+    import re2  # only patterns users add need it: imported when the first one is compiled
 
     if isinstance(pattern, re.Pattern):
         source, flags = pattern.pattern, pattern.flags
@@ -851,7 +852,7 @@ class Redactor:
             min(map(len, words), default=1)
         )
         self._kinds = _KeyKinds(self._classify)
-        self._reversed_kinds = _KeyKinds(lambda name: self._classify(name[::-1]))
+        self._reversed_kinds = _KeyKinds(self._classify_reversed)
         self._clean_text: set[str] = set()
         self._clean_query: set[str] = set()
         self._shapes: dict[tuple[Any, ...], tuple[tuple[Any, int], ...]] = {}
@@ -872,6 +873,13 @@ class Redactor:
         if "%" in key or "+" in key:
             key = unquote_plus(key)  # a query parameter's name, as the application reads it
         return self._classify_name(normalize_key(key))
+
+    def _classify_reversed(self, name: str) -> int:
+        """A name found in free text, reversed (as the search finds it)."""
+        name = name[::-1]
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        return self._classify_name(normalize_key(name))
 
     def _classify_name(self, name: str) -> int:
         if self._plain_words.search(name):
@@ -1019,7 +1027,7 @@ class Redactor:
                 kinds = list(map(self._reversed_kinds.get, names))  # None: never seen
                 if _SECRET in kinds or None in kinds:
                     values = _QUERY_VALUE if query else _TEXT_VALUE
-                    found = self._find_assignments(result, reverse, names, kinds, values)
+                    found = self._find_assignments(result, names, budget, values)
                     result, budget, dropped = _replace(result, found, censor, budget)
                     cut += dropped
         patterns = self._patterns
@@ -1048,40 +1056,66 @@ class Redactor:
         return result
 
     def _find_assignments(
-        self,
-        text: str,
-        reverse: str,
-        names: list[str],
-        kinds: list[int | None],
-        values: re.Pattern[str],
-    ) -> Iterator[tuple[int, int, bool]]:
+        self, text: str, names: list[str], budget: int, values: re.Pattern[str]
+    ) -> Iterator[tuple[int, int, bool | None]]:
         """The value after each secret name (``token=...``, ``"password": "..."``), given the
-        names found in ``reverse`` (the text reversed, ``:`` written ``=``) and their kinds."""
-        parts = self._assignment_parts.split(reverse)  # text, separator, name, text...
-        offsets = list(accumulate(map(len, parts)))  # where each part ends, in ``reverse``
-        length = len(text)
+        names found in the text reversed (last first).
+
+        Python classifies each distinct name once (at most ``budget`` of them: the text is cut
+        where the next one first appears) and looks at the occurrences of secret names only.
+        Where the cut falls depends on the text alone, never on what the caches hold.
+        """
+        in_order = names[::-1]
+        distinct = dict.fromkeys(in_order)
+        classify = self._reversed_kinds.__getitem__
+        kind_of = {name: classify(name) for name in islice(distinct, budget)}
+        kinds = list(map(kind_of.get, in_order))  # None: a name past the cut
+        stop = len(kinds) if len(distinct) <= budget else kinds.index(None)
+        secrets = list(compress(count(), map(_SECRETS.__contains__, kinds)))
+        if len(secrets) > budget:  # the budget runs out on a finding: no need to go past it
+            stop = min(stop, secrets[budget] + 1)
+        wanted = stop + 1 if stop < len(kinds) else stop
+        starts = self._assignment_starts(text, wanted, len(kinds))
         censor = self.censor
         last = 0
-        classify = self._reversed_kinds.__getitem__
-        for index in reversed(list(compress(count(), map(_LOOK.__contains__, kinds)))):
-            name_start = length - offsets[3 * index + 2]
+        for index in secrets:
+            if index >= stop:
+                break
+            name_start, value_start = starts[index]
             if name_start < last:
                 continue  # inside a value already replaced
-            kind = kinds[index]
-            if kind is None:
-                kind = classify(names[index])
-            value = None
-            if kind == _SECRET:
-                value = values.match(text, length - offsets[3 * index])
+            value = values.match(text, value_start)
             if value is None:
-                yield name_start, name_start, False
                 continue
             start, end = value.span(value.lastindex or 0)
             if start == end or text.startswith(censor, start):
-                yield start, start, False
                 continue
             yield start, end, True
             last = end
+        if stop < len(kinds):
+            yield max(starts[stop][0], last), 0, None  # cut here: too many names to look at
+
+    def _assignment_starts(self, text: str, wanted: int, total: int) -> list[tuple[int, int]]:
+        """Where the first ``wanted`` names (in text order) and their values start.
+
+        The names of a prefix of the text are those of the whole whose separator lies in it:
+        only a prefix long enough is split (at C level, per name), doubled until it is, so a
+        text cut early costs no work per name past the cut.
+        """
+        # Where the names would end if they were spread evenly, and some.
+        end = min(len(text), len(text) * wanted // total * 5 // 4 + 256)
+        while True:
+            reverse = text[:end][::-1].replace(":", "=")
+            parts = self._assignment_parts.split(reverse)  # text, separator, name, text...
+            if len(parts) // 3 >= wanted or end >= len(text):
+                break
+            end *= 2
+        offsets = list(accumulate(map(len, parts)))  # where each part ends, in ``reverse``
+        found = len(parts) // 3
+        return [
+            (end - offsets[3 * index + 2], end - offsets[3 * index])  # name, value
+            for index in range(found - 1, max(found - 1 - wanted, -1), -1)
+        ]
 
     def _find_encoded(self, query: str) -> Iterator[tuple[int, int, bool]]:
         """Percent-encoded query values whose decoded form holds a secret (``q=Bearer%20x``):

@@ -20,6 +20,7 @@ from starlette.datastructures import Headers
 from structlog.typing import EventDict
 
 import reqlog
+from bench.bench_redaction import ADVERSARIAL, BENIGN, REFERENCE
 from reqlog.processors import (
     BEARER_TOKEN,
     CARD_NUMBER,
@@ -28,7 +29,6 @@ from reqlog.processors import (
     luhn_valid,
     normalize_key,
 )
-from bench.bench_redaction import ADVERSARIAL, BENIGN, REFERENCE
 from tests.conftest import LogOutput
 from tests.redaction_corpus import FALSE_POSITIVES, NON_SECRETS, SECRETS, leaked
 
@@ -618,7 +618,8 @@ def test_text_past_the_scan_bound_is_cut_and_flagged() -> None:
     assert result.endswith(" more characters]")
     assert len(result) <= 1000
     kept = int(result.rsplit("[cut: ", 1)[1].split()[0])
-    assert result.startswith("word word") and kept == len(text) - result.index("...[cut")
+    assert result.startswith("word word")
+    assert kept == len(text) - result.index("...[cut")
 
 
 def test_a_secret_cut_by_the_scan_bound_leaves_no_front() -> None:
@@ -652,6 +653,18 @@ def test_text_packed_with_secrets_is_cut_rather_than_passed_on() -> None:
     assert result.endswith("more characters]")
 
 
+def test_where_a_text_packed_with_names_is_cut_never_depends_on_the_caches() -> None:
+    text = " ".join(f"key{i}=v" for i in range(3000)) + " password=hunter2"
+    fresh = Redactor().redact_text(text)
+    warm = Redactor()
+    warm.redact_text(text[len(text) // 2 :])  # names seen before, in the middle of the text
+    warm.redact_text(text[:5000])
+    assert warm.redact_text(text) == fresh
+    assert "hunter2" not in fresh
+    assert fresh.endswith("more characters]")
+    assert fresh.startswith("key0=v key1=v")
+
+
 # --- patterns users add run on RE2 --------------------------------------------------------------
 
 
@@ -681,9 +694,7 @@ def test_a_catastrophic_pattern_runs_in_linear_time() -> None:
 
 
 def test_added_patterns_keep_their_flags_group_and_offsets() -> None:
-    redactor = Redactor(
-        patterns=[re.compile(r"ord-(?P<secret>\d+)", re.IGNORECASE), r"ref#\d{4}"]
-    )
+    redactor = Redactor(patterns=[re.compile(r"ord-(?P<secret>\d+)", re.IGNORECASE), r"ref#\d{4}"])
     assert redactor.redact_text("ORD-991 and ord-7") == f"ORD-{R} and ord-{R}"
     # characters of every width before and between matches, and a lone surrogate
     text = "é ORD-1 😀 ref#1234 \ud800 ord-22"
@@ -787,7 +798,7 @@ def test_no_secret_of_the_corpus_survives_any_placement(
     for shape, secret in SECRETS:
         if not _applies(placement, secret):
             continue
-        output = _logged(log_output, lambda: place(app, log, secret))
+        output = _logged(log_output, lambda secret=secret: place(app, log, secret))
         assert output, (placement, shape)  # the event was written
         if leaked(secret, output):
             survivors.append(shape)

@@ -156,7 +156,7 @@ _PREFIXES = [
     "sk_live_",
     "AIza",
     "-----BEGIN PRIVATE KEY-----",
-    "\\\"",
+    '\\"',
     "%",
 ]
 
