@@ -648,14 +648,12 @@ def _replace(
     return "".join(pieces), budget, 0
 
 
-def _findings_budget(length: int) -> int:
-    """How many matches Python may look at in a value of ``length`` characters.
-
-    Each costs a microsecond or so, where a character of ordinary text costs a few
-    nanoseconds: text packed with matches (thousands of ``password=x`` or card-like numbers)
-    would otherwise cost many times what ordinary text of its length does.
-    """
-    return 16 + length // 128
+# How many matches Python may look at in one value: 16, and one per 128 characters. Each costs
+# a microsecond or so, where a character of ordinary text costs a few nanoseconds: text packed
+# with matches (thousands of ``password=x``, of names never seen, of card-like numbers) would
+# otherwise cost many times what ordinary text of its length does.
+_FINDINGS = 16
+_CHARS_PER_FINDING = 128
 
 
 def _linear_time(pattern: str | re.Pattern[str], option: str) -> Any:
@@ -911,14 +909,17 @@ class Redactor:
         if special is None:
             special = self._learn_shape(event_dict)
         if _flat_types(map(type, event_dict.values())):
+            clean_text = self._clean_text
             for key, kind in special:
                 value = event_dict[key]
-                if kind == _SECRET:
-                    new = self._mask(value)
-                elif type(value) is not str:
-                    continue  # a number or None under a free-text or query key
-                elif kind == _TEXT:
+                if kind == _TEXT:
+                    if value in clean_text or type(value) is not str:
+                        continue  # a message seen before without secrets, or a number
                     new = self._scan(value)
+                elif kind == _SECRET:
+                    new = self._mask(value)
+                elif value in self._clean_query or type(value) is not str:
+                    continue
                 else:
                     new = self.redact_query(value)
                 if new is not value:
@@ -1014,7 +1015,7 @@ class Redactor:
             kept = drop_cut_token(text[: self.max_scan_chars - _CUT_NOTE_ROOM])
             cut = len(text) - len(kept)
             text = kept
-        budget = _findings_budget(len(text))
+        budget = _FINDINGS + len(text) // _CHARS_PER_FINDING
         censor = self.censor
         result = text
         if self._has_keys and ("=" in result or ":" in result):
