@@ -111,6 +111,29 @@ def test_a_result_never_depends_on_what_was_redacted_before(steps: list[tuple[st
         assert shared(None, "info", event(kind, value)) == fresh
 
 
+@settings(max_examples=40)
+@given(
+    names=st.lists(st.text(alphabet="abcdefgkmnprstxyz_", min_size=3, max_size=9), min_size=1),
+    repeat=st.integers(1, 300),
+    secret=secrets,
+    at=st.floats(0, 1),
+)
+def test_a_text_packed_with_names_is_cut_the_same_way_whatever_the_caches_hold(
+    names: list[str], repeat: int, secret: tuple[str, str], at: float
+) -> None:
+    # Long texts of many names spend the findings budget: where they are cut must depend on
+    # the text alone, and a secret in them is replaced or cut, never written.
+    body = " ".join(f"{name}{index}=v" for index in range(repeat) for name in names)
+    middle = int(len(body) * at)
+    text = body[:middle] + " " + secret[1] + " " + body[middle:]
+    fresh = Redactor().redact_text(text)
+    warm = Redactor()
+    warm.redact_text(text[middle:])
+    warm.redact_text(text[: len(text) // 3])
+    assert warm.redact_text(text) == fresh
+    assert not leaked(secret[1], fresh), secret[0]
+
+
 card_text = st.text(alphabet=st.sampled_from("0123456789 -aZ.é"), max_size=80)
 
 
