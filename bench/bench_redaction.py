@@ -98,6 +98,7 @@ ADVERSARIAL: dict[str, Callable[[int], str]] = {
     "pwd=x repeated": lambda n: _fill("pwd=x ", n),
     "password: repeated": lambda n: _fill("password: ", n),
     '"password": " repeated': lambda n: _fill('"password": "', n),
+    "password:[REDACTED] repeated": lambda n: _fill("password:[REDACTED]", n),
     "quotes and escapes": lambda n: _fill('\\"', n),
     ":// repeated": lambda n: _fill("://", n),
     "://a: repeated": lambda n: _fill("://a:", n),

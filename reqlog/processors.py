@@ -417,6 +417,8 @@ _TEXT_VALUE = re.compile(
     )""",
     re.VERBOSE,
 )
+# What comes before a value in free text: the ``=`` of ``:=``, spaces, an opening quote.
+_VALUE_LEAD = re.compile(r"(?:(?<=:)=)?[ \t]*+(?:\\?[\"'])?")
 # In a query string a value runs to the next ``&``.
 _QUERY_VALUE = re.compile(r"([^&]++)")
 
@@ -1094,6 +1096,11 @@ class Redactor:
             name_start, value_start = starts[index]
             if name_start < last:
                 continue  # inside a value already replaced
+            # A value replaced already is left before it is read to its end: read again and
+            # again for names that follow it, it would cost its length each time.
+            lead = _VALUE_LEAD.match(text, value_start).end()  # type: ignore[union-attr]
+            if text.startswith(censor, lead if values is _TEXT_VALUE else value_start):
+                continue
             value = values.match(text, value_start)
             if value is None:
                 continue
