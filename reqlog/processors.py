@@ -404,23 +404,30 @@ def _assignment_patterns(shortest: int) -> tuple[re.Pattern[str], re.Pattern[str
     return re.compile(separator + name), re.compile(f"({separator}){name}")
 
 
-# The value after a secret name in free text: quoted (to its closing quote, or to the end of
-# the line when the quote is never closed: a cut value is still hidden), an escaped quote of
-# JSON inside a string, or a bare word (after an auth scheme such as ``Bearer``, which stays).
-_TEXT_VALUE = re.compile(
-    r"""(?:(?<=:)=)?[ \t]*+(?:
-        "((?:[^"\\\n]++|\\.)*+)
-      | '((?:[^'\\\n]++|\\.)*+)
-      | \\"((?:[^"\\\n]++|\\[^"\n])*+)
-      | (?:(?i:bearer|basic|token|digest|negotiate|ntlm|aws4-hmac-sha256)[ \t]++)?+
-        ([^\s"'<>&;,(){}\[\]=:][^\s"'<>&;,(){}\[\]]*+)
-    )""",
-    re.VERBOSE,
-)
-# What comes before a value in free text: the ``=`` of ``:=``, spaces, an opening quote.
-_VALUE_LEAD = re.compile(r"(?:(?<=:)=)?[ \t]*+(?:\\?[\"'])?")
-# In a query string a value runs to the next ``&``.
-_QUERY_VALUE = re.compile(r"([^&]++)")
+@functools.lru_cache(maxsize=16)
+def _value_patterns(censor: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The value after a secret name, in free text and in a query string.
+
+    In free text: quoted (to its closing quote, or to the end of the line when the quote is
+    never closed: a cut value is still hidden), an escaped quote of JSON inside a string, or
+    a bare word (after an auth scheme such as ``Bearer``, which stays). In a query string: to
+    the next ``&``. A value that starts with ``censor`` (replaced already) does not match, at
+    once: read to its end again for each name that follows it, it would cost its length each
+    time.
+    """
+    done = f"(?!{re.escape(censor)})"
+    text = re.compile(
+        rf"""(?:(?<=:)=)?[ \t]*+(?:
+            "{done}((?:[^"\\\n]++|\\.)*+)
+          | '{done}((?:[^'\\\n]++|\\.)*+)
+          | \\"{done}((?:[^"\\\n]++|\\[^"\n])*+)
+          | (?:(?i:bearer|basic|token|digest|negotiate|ntlm|aws4-hmac-sha256)[ \t]++)?+
+            {done}([^\s"'<>&;,(){{}}\[\]=:][^\s"'<>&;,(){{}}\[\]]*+)
+        )""",
+        re.VERBOSE,
+    )
+    return text, re.compile(rf"{done}([^&]++)")
+
 
 # Cutting a value: what may be the front of a secret at the cut is dropped, a token (letters,
 # digits, base64 and URL punctuation) and then any digits, spaces and hyphens before it (the
@@ -856,6 +863,7 @@ class Redactor:
         self._gates = frozenset("".join(p.gate for p in self._patterns))
         self._ungated = tuple(p for p in self._patterns if not p.gate)
         self._has_keys = bool(self._exact or self._suffixes or self._contains)
+        self._text_values, self._query_values = _value_patterns(censor)
         words = (*self._exact, *self._suffixes, *self._contains)
         self._assignment_names, self._assignment_parts = _assignment_patterns(
             min(map(len, words), default=1)
@@ -1038,7 +1046,7 @@ class Redactor:
             if names:
                 kinds = list(map(self._reversed_kinds.get, names))  # None: never seen
                 if _SECRET in kinds or None in kinds:
-                    values = _QUERY_VALUE if query else _TEXT_VALUE
+                    values = self._query_values if query else self._text_values
                     found = self._find_assignments(result, names, budget, values)
                     result, budget, dropped = _replace(result, found, censor, budget)
                     cut += dropped
@@ -1096,11 +1104,6 @@ class Redactor:
             name_start, value_start = starts[index]
             if name_start < last:
                 continue  # inside a value already replaced
-            # A value replaced already is left before it is read to its end: read again and
-            # again for names that follow it, it would cost its length each time.
-            lead = _VALUE_LEAD.match(text, value_start).end()  # type: ignore[union-attr]
-            if text.startswith(censor, lead if values is _TEXT_VALUE else value_start):
-                continue
             value = values.match(text, value_start)
             if value is None:
                 continue
