@@ -766,8 +766,9 @@ class Redactor:
     Slack, Stripe and Google credentials, bearer tokens, HTTP Basic credentials, passwords in
     URLs, Luhn-valid card numbers. At most ``max_scan_chars`` characters of one value are
     searched: a longer value is cut there (at a token boundary) and ends with
-    ``...[cut: N more characters]``. Top-level fields under other keys (IDs, paths, the
-    timestamp) are never rewritten by a pattern.
+    ``...[cut: N more characters]``; so is a value packed with more matches than its length
+    warrants (thousands of ``password=x``). Top-level fields under other keys (IDs, paths,
+    the timestamp) are never rewritten by a pattern.
 
     ``keys`` replaces :data:`DEFAULT_KEYS`, ``extra_keys`` adds to them; ``patterns`` replaces
     :data:`DEFAULT_PATTERNS`, ``extra_patterns`` adds to them. A pattern with a group named
