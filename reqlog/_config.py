@@ -789,6 +789,7 @@ def configure(
     slow_output: Any = None,
     background: bool | None = _UNSET,
     queue_size: int = _UNSET,
+    queue_bytes: int = _UNSET,
     overflow: Literal["drop", "block"] = _UNSET,
     rotate_bytes: int | None = None,
     rotate_when: str | None = None,
@@ -838,7 +839,9 @@ def configure(
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
     levels = StatusLevels(status_levels)
 
-    out_options = _output_options(background, queue_size, overflow, rotate_bytes, rotate_when)
+    out_options = _output_options(
+        background, queue_size, overflow, rotate_bytes, rotate_when, queue_bytes
+    )
     # -- processors (#3): redaction, sampling, the slow-request output
     redactor = _redactor_option(redact)
     rate_value, rate_name = _pick("sample_rate", sample_rate, 1.0)
@@ -869,6 +872,7 @@ def configure(
                 if out_options.background is None
                 else out_options.background,
                 queue_size=out_options.queue_size,
+                queue_bytes=out_options.queue_bytes,
                 overflow=out_options.overflow,
                 render=_render_own_event,
             )
@@ -930,6 +934,7 @@ def configure(
             sinks,
             background=run_in_background,
             queue_size=out_options.queue_size,
+            queue_bytes=out_options.queue_bytes,
             overflow=out_options.overflow,
             render=_render_own_event,
         )
@@ -1033,6 +1038,7 @@ class _OutputOptions:
     overflow: Literal["drop", "block"]
     rotate_bytes: int | None
     rotate_when: str | None
+    queue_bytes: int = _output.DEFAULT_QUEUE_BYTES
 
 
 _TRUE: Final = ("1", "true", "yes", "on")
@@ -1041,7 +1047,12 @@ _ROTATE_WHEN: Final = ("S", "M", "H", "D", "MIDNIGHT", *(f"W{i}" for i in range(
 
 
 def _output_options(
-    background: Any, queue_size: Any, overflow: Any, rotate_bytes: Any, rotate_when: Any
+    background: Any,
+    queue_size: Any,
+    overflow: Any,
+    rotate_bytes: Any,
+    rotate_when: Any,
+    queue_bytes: Any = _UNSET,
 ) -> _OutputOptions:
     bg, bg_name = _pick("background", background, None)
     if isinstance(bg, str):
@@ -1058,6 +1069,13 @@ def _output_options(
         size = int(size)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         msg = f"{size_name}: expected a positive number of lines, got {size!r}"
+        raise ValueError(msg)
+
+    max_bytes, bytes_name = _pick("queue_bytes", queue_bytes, _output.DEFAULT_QUEUE_BYTES)
+    if isinstance(max_bytes, str) and max_bytes.strip().isdigit():
+        max_bytes = int(max_bytes)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        msg = f"{bytes_name}: expected a positive number of bytes, got {max_bytes!r}"
         raise ValueError(msg)
 
     mode, mode_name = _pick("overflow", overflow, "drop")
@@ -1087,6 +1105,7 @@ def _output_options(
         overflow=cast(Literal["drop", "block"], mode.lower()),
         rotate_bytes=rotate_bytes,
         rotate_when=rotate_when,
+        queue_bytes=max_bytes,
     )
 
 
@@ -1153,9 +1172,8 @@ def reset() -> None:
 
 
 def _flush_at_exit() -> None:
-    _STATE.output.flush(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
-    if _STATE.slow_output is not None:
-        _STATE.slow_output.flush(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
+    # finish(), not flush(): bounded by the shutdown's deadline, whatever the sinks do.
+    _output.finish_all(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
 
 
 atexit.register(_flush_at_exit)
