@@ -673,7 +673,9 @@ class Output:
                     self._idle = False
                     self._wake.notify()
                 return
-        _write_stderr(text)
+            # After giving up at shutdown, stderr may be the stalled pipe: a bounded attempt.
+            timeout = REPORT_TIMEOUT_S if self._abandoned else None
+        _write_stderr(text, timeout)
 
     def _report_now(self, key: str, what: str) -> None:
         text = self._reporter.report(key, what)

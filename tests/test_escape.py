@@ -277,3 +277,12 @@ def test_default_processors_return_text_that_encodes() -> None:
     assert isinstance(event, str)
     event.encode("utf-8")
     assert "\n" not in event
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fields_named_like_structlogs_internals_are_just_fields(fmt: str) -> None:
+    stream = configure(fmt)
+    reqlog.get_logger("t").info("internals", _record=[], _from_structlog="yes")
+    text = text_of(stream)
+    assert len(event_starts(fmt, text)) == 1
+    assert "_record" in text
