@@ -107,11 +107,11 @@ def safe_str(obj: Any) -> str:
 
 # In orjson's output (UTF-8, every C0 control already escaped), these bytes can only be
 # characters inside strings: DEL, the C1 controls (C2 80..C2 9F), U+2028 and U+2029.
-_JSON_RAW: Final = re.compile(rb"\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
-_JSON_ESCAPES: Final = {
-    chr(code).encode(): f"\\u{code:04x}".encode()
-    for code in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
-}
+_JSON_C1: Final = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+def _c1_escaped(match: re.Match[bytes]) -> bytes:
+    return b"\\u00%02x" % match.group()[1]
 
 
 def needs_json_escape(data: bytes) -> bool:
@@ -119,7 +119,7 @@ def needs_json_escape(data: bytes) -> bool:
 
     Scans in C, each a ``memchr``: DEL, then (only for a line that is not pure ASCII) the
     lead bytes of the C1 controls (C2) and of U+2028/U+2029 (E2). A false positive (``£`` is
-    C2 A3, ``—`` is E2 80 94) only costs the regular expression's pass. The needles are
+    C2 A3, ``—`` is E2 80 94) only costs escape_json()'s own scans. The needles are
     integers on purpose: ``b"\\x7f" in data`` first tries the needle as an integer and raises
     and clears a TypeError inside CPython, some 3,800 instructions per line on 3.11.
     """
@@ -127,8 +127,19 @@ def needs_json_escape(data: bytes) -> bool:
 
 
 def escape_json(data: bytes) -> bytes:
-    """orjson's ``data`` with DEL, C1 controls, U+2028 and U+2029 as ``\\uXXXX`` escapes."""
-    return _JSON_RAW.sub(lambda m: _JSON_ESCAPES[m.group()], data)
+    """orjson's ``data`` with DEL, C1 controls, U+2028 and U+2029 as ``\\uXXXX`` escapes.
+
+    One search per kind, each in C: ``replace`` for the fixed sequences, a regular expression
+    whose literal first byte (C2) lets it skip ahead like ``memchr`` for the C1 controls. A
+    line whose non-ASCII text is only, say, curly quotes (E2 80 99) pays two scans.
+    """
+    if 0x7F in data:
+        data = data.replace(b"\x7f", b"\\u007f")
+    if 0xC2 in data:
+        data = _JSON_C1.sub(_c1_escaped, data)
+    if 0xE2 in data:
+        data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+    return data
 
 
 #: orjson refuses containers nested deeper than 254 levels; past this depth a value is its repr.
