@@ -6,8 +6,10 @@ arbitrary bytes and code points, lone surrogates and line separators favoured) a
 values (any code point in keys and values, nested, bytes, big integers) and drives them
 through a real FastAPI app, once bare and once behind RequestLoggingMiddleware.
 
-The runs are derandomized and use no example database, so that CI sees the same examples
-every time; ``REQLOG_HYPOTHESIS_EXAMPLES`` raises their number for a longer local hunt.
+Secrets come from tests/redaction_corpus.py, each placed where the default Redactor promises
+to search (the message, the query string, a header value). The runs are derandomized and
+use no example database, so that CI sees the same examples every time;
+``REQLOG_HYPOTHESIS_EXAMPLES`` raises their number for a longer local hunt.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import os
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote_plus
 
 import orjson
 import pytest
@@ -29,6 +32,7 @@ from starlette.types import ASGIApp, Message
 
 import reqlog
 from reqlog import _escape
+from tests.redaction_corpus import SECRETS, leaked
 
 EXAMPLES = int(os.environ.get("REQLOG_HYPOTHESIS_EXAMPLES", "60"))
 PROFILE = settings(
@@ -48,16 +52,8 @@ OUTPUTS = [
     ("logfmt", "flat"),
 ]
 
-#: Secrets the default Redactor promises to catch, with how each is placed in an event.
-#: A local list: tests/redaction_corpus.py (the redaction work) was not on main yet.
-SECRETS: list[tuple[str, str]] = [
-    ("bearer token", "b3Ar3rT0k3nVx91LmQzR8"),
-    ("json web token", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwcm9wZXJ0eSJ9.c2lnbmF0dXJlLXByb3A"),
-    ("card number", "4111111111111111"),
-    ("password", "hunter2-correct-horse-battery"),
-    ("query token", "q7Tk9ZmW2xLp4Rv8"),
-]
-_SECRET = dict(SECRETS)
+#: Where a secret of the corpus goes: each a place the default Redactor promises to search.
+PLACES = ("message", "query string", "header value")
 
 #: Characters that break lines, terminals or encoders: drawn far more often than chance.
 NASTY = "\r\n\t\x00\x0b\x0c\x1b\x1c\x7f\x85\x9b\u2028\u2029\ufeff\ud800\udbff\udc00\udfff =\"'\\"
@@ -196,21 +192,31 @@ def event_names(fmt: str, schema: str, lines: list[str]) -> list[Any]:
 
 @pytest.mark.parametrize(("fmt", "schema"), OUTPUTS)
 @PROFILE
-@given(request=requests, logs=logged, secret_at=st.sampled_from(SECRETS))
+@given(
+    request=requests,
+    logs=logged,
+    secret=st.sampled_from(SECRETS),
+    place=st.sampled_from(PLACES),
+)
 def test_any_request_any_log_value_one_whole_event_per_line_and_no_secret(
-    fmt: Any, schema: str, request: dict[str, Any], logs: dict[str, Any], secret_at: Any
+    fmt: Any,
+    schema: str,
+    request: dict[str, Any],
+    logs: dict[str, Any],
+    secret: tuple[str, str],
+    place: str,
 ) -> None:
-    shape, secret = secret_at
+    text = secret[1]
     message = logs["message"]
-    fields = dict(logs["fields"])
-    # Each secret where the default Redactor promises to find it, next to hostile text.
-    if shape == "password":
-        fields["password"] = secret
-    elif shape == "query token":
-        request = {**request, "query": request["query"] + b"&access_token=" + secret.encode()}
+    fields = logs["fields"]
+    # A secret of the corpus (tests/redaction_corpus.py) next to hostile text.
+    if place == "header value" and "\n" not in text:
+        request = {**request, "headers": [*request["headers"], (b"x-upstream", text.encode())]}
+    elif place == "query string":
+        query = request["query"] + b"&q=" + quote_plus(text).encode() + b"&page=2"
+        request = {**request, "query": query}
     else:
-        shown = f"Bearer {secret}" if shape == "bearer token" else secret
-        message = f"{message}\n{shown}\n{message}"
+        message = f"{message}\n{text}\n{message}"
 
     calls: list[None] = []
 
@@ -223,7 +229,8 @@ def test_any_request_any_log_value_one_whole_event_per_line_and_no_secret(
     stream = io.BytesIO()
     reqlog.configure(output=stream, format=fmt, schema=schema)
     app = make_app(log_call)
-    app.add_middleware(reqlog.RequestLoggingMiddleware)
+    # Headers and bodies in the access event too: hostile bytes there as well.
+    app.add_middleware(reqlog.RequestLoggingMiddleware, log_headers=True, log_request_body=True)
 
     assert asyncio.run(call(app, request)) == expected
     # The app's event, unless its router refused the request (a 404 for a path with a line
@@ -238,7 +245,7 @@ def test_any_request_any_log_value_one_whole_event_per_line_and_no_secret(
             assert "[REDACTED]" in names[0]
     else:
         assert "request_completed" in lines[-1]
-    assert secret not in stream.getvalue().decode()
+    assert not leaked(text, stream.getvalue().decode()), secret[0]
 
 
 @pytest.mark.parametrize(("fmt", "schema"), OUTPUTS)
