@@ -8,6 +8,8 @@ times under valgrind's callgrind; the difference over 1000 is its instructions p
 start-up cancelled. ``--against DIR`` runs the same cases with the reqlog package found in
 DIR (a checkout of an earlier commit, say ``git archive main reqlog | tar -x -C DIR``), so
 that the cost of the escaping is read as a difference between two counts of the same event.
+Those chain rows move by several thousand instructions between runs (timestamps formatted
+once per wall-clock second, caches): read the isolated rows for the checks themselves.
 
 python -m bench.bench_escape                      # every case, printed as a Markdown table
 python -m bench.bench_escape --against /tmp/main  # the same, beside an earlier reqlog

@@ -98,7 +98,7 @@ class Sink:
 
     def take_back(self, size: int) -> None:
         """Remove the last ``size`` bytes written, the remains of a line a failed write tore,
-        where the destination allows it (see :func:`take_back`)."""
+        where the destination allows it (see :func:`_cut_tail`)."""
 
     def close(self) -> None:
         """Release what the sink opened; streams it was handed stay open."""
@@ -170,7 +170,7 @@ class StreamSink(Sink):
 
     def take_back(self, size: int) -> None:
         if self._fd is not None and not self.broken:
-            take_back(self._fd, size)
+            _cut_tail(self._fd, size)
 
     def _mark_broken(self, fd: int) -> None:
         # Nobody will ever read this pipe again. Point the descriptor at /dev/null so that
@@ -213,7 +213,7 @@ def _write_all(fd: int, data: bytes) -> None:
             raise
 
 
-def take_back(fd: int, size: int) -> bool:
+def _cut_tail(fd: int, size: int) -> bool:
     """Cut the last ``size`` bytes off the regular file open at ``fd``, if it still ends
     with them (no other process appended since): the remains of a line torn by a write that
     failed half way (a full disk) would otherwise be glued to the next line written.
@@ -324,7 +324,7 @@ class FileSink(Sink):
 
     def take_back(self, size: int) -> None:
         stream = self._handler.stream
-        if stream is not None and take_back(stream.fileno(), size):
+        if stream is not None and _cut_tail(stream.fileno(), size):
             self._size = self._current_size()
 
     def _reopen_if_needed(self) -> None:
