@@ -34,6 +34,7 @@ ROUNDS = 5
 REQUESTS = 2000
 WRK_SECONDS = 5
 WRK_CONNECTIONS = 32
+WRK_ROUNDS = 3
 
 
 def _scope() -> dict[str, Any]:
@@ -220,7 +221,7 @@ def _wrk_once(name: str, seconds: int, connections: int) -> float | None:
 
 
 def run_uvicorn(
-    names: list[str], rounds: int = 2, seconds: int = WRK_SECONDS
+    names: list[str], rounds: int = WRK_ROUNDS, seconds: int = WRK_SECONDS
 ) -> dict[str, dict[str, Any]]:
     """Requests/s under a real uvicorn (one worker) with wrk, rounds interleaved."""
     if wrk_path() is None:
