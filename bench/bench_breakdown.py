@@ -33,13 +33,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import callgrind
-from bench.apps import bare, reqlog_defaults
+from bench.apps import _routes, bare, reqlog_defaults
 from bench.bench_requests import _drive
 
 __all__ = ["run"]
 
 REQUESTS = 500
 CALLS = 2000
+#: The capture options, each measured in place on its own (the request is a GET: no body).
+CAPTURE = ("log_request_body", "log_response_body", "log_headers")
 
 
 def _noop(*args: Any, **kwargs: Any) -> Any:
@@ -160,6 +162,21 @@ def _isolated(
     return Stretch(name, what, CALLS, _calls(unit), _calls(baseline))
 
 
+def _capture_apps() -> dict[str, Any]:
+    """The app with reqlog's middleware capturing one thing each (reqlog already configured)."""
+    from fastapi import FastAPI
+
+    from reqlog import RequestLoggingMiddleware
+
+    apps = {}
+    for option in CAPTURE:
+        app = _routes(FastAPI())
+        options: dict[str, Any] = {option: True}
+        app.add_middleware(RequestLoggingMiddleware, **options)
+        apps[option] = app
+    return apps
+
+
 def _stretches(recorded: Recorded) -> list[Stretch]:
     import reqlog
     from reqlog import _config, middleware
@@ -214,6 +231,10 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
             "... and no context entered (`_enter`, `_leave` no-ops)",
             REQUESTS,
             requests(recorded.app, no_event, *no_context),
+        ),
+        *(
+            Stretch(f"capture:{option}", f"reqlog with `{option}=True`", REQUESTS, requests(app))
+            for option, app in _capture_apps().items()
         ),
         _isolated(
             "identify",
@@ -321,8 +342,8 @@ def run() -> dict[str, Any]:
     return {"requests": REQUESTS, "calls": CALLS, "parts": parts}
 
 
-def _k(value: float) -> str:
-    return f"{value / 1000:.1f}k"
+def _k(value: float, sign: bool = False) -> str:
+    return f"{value / 1000:+.1f}k" if sign else f"{value / 1000:.1f}k"
 
 
 def section(results: dict[str, Any]) -> list[str]:
@@ -383,6 +404,16 @@ def section(results: dict[str, Any]) -> list[str]:
     ]
     for label, value, how in rows:
         lines.append(f"| {label} | {_k(value)} | {value / overhead:.0%} | {how} |")
+    capture = [(option, cost(f"capture:{option}") - cost("reqlog")) for option in CAPTURE]
+    lines += [
+        "",
+        "Capture, each option alone on top of the defaults (in place; the request is a GET "
+        "without a body, the response 42 bytes of JSON):",
+        "",
+        "| option | instructions/request | x the defaults' overhead |",
+        "|---|---:|---:|",
+        *(f"| `{o}=True` | {_k(v, sign=True)} | {v / overhead:.2f}x |" for o, v in capture),
+    ]
     app_event = cost("app_event")
     lines += [
         "",
