@@ -2,7 +2,8 @@
 
 python -m bench                 # the full suite, about 15 minutes on 2 cores
 python -m bench --quick         # a smoke run: few contenders and iterations (RESULTS.quick.md)
-python -m bench --only events   # some of: requests, instructions, breakdown, libs, events, stall
+python -m bench --only events   # some of: instructions, breakdown, requests, events, libs, stall,
+                                #   redaction (comma-separated)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bench import (
     bench_events,
     bench_instructions,
     bench_libs,
+    bench_redaction,
     bench_requests,
     bench_stall,
 )
@@ -375,7 +377,7 @@ def goals(req: dict[str, Any], events: dict[str, Any], stall: dict[str, Any]) ->
 
 # --- the run -------------------------------------------------------------------------------
 
-SECTIONS = ("requests", "instructions", "breakdown", "libs", "events", "stall")
+SECTIONS = ("requests", "instructions", "breakdown", "libs", "events", "stall", "redaction")
 
 
 def _loaded(measure: Any, *args: Any) -> dict[str, Any]:
@@ -432,6 +434,11 @@ def main() -> None:
     events_cpu = step("events", "CPU time per event", lambda: _events_cpu(args.quick))
     libs = step("libs", "per-event cost of each library", lambda: bench_libs.run(args.quick))
     stall = step("stall", "a stalled sink", lambda: _loaded(bench_stall.run, args.quick))
+    redaction = step(
+        "redaction",
+        "redaction of hostile text against benign text",
+        lambda: bench_redaction.run(args.quick),
+    )
 
     body: list[str] = []
     req_summary: dict[str, Any] = {}
@@ -450,6 +457,8 @@ def main() -> None:
     if stall:
         section, stall_summary = stall_section(stall)
         body += [*section, ""]
+    if redaction:
+        body += [*bench_redaction.section(redaction), ""]
     notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
     header = [
         "# reqlog benchmarks",
