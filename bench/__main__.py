@@ -181,7 +181,7 @@ def events_section(
     rows = cpu.get("cases", [])
     us = {row["case"]: row["us"] for row in rows}
     lines = [
-        "## Per event (bench_events)",
+        "## Per event, through the chain (bench_events)",
         "",
         "One event through reqlog's chain and through structlog's recommended plain chain "
         '(`merge_contextvars`, `add_log_level`, `TimeStamper(fmt="iso", utc=True)`, '
@@ -226,7 +226,7 @@ def _ratio(value: float | None, unit: float | None) -> float | None:
 def libs_section(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     base = results.get("reqlog", {}).get("us")
     lines = [
-        "## Per event",
+        "## Per event, other libraries (bench_libs)",
         "",
         "One access-log-sized event (8 fields) through each library to os.devnull, written "
         "before the call returns (reqlog: `background=False`, except the background row, "
