@@ -177,12 +177,14 @@ def iter_chunks(
     *,
     follow: bool = False,
     interval: float = 0.2,
+    from_end: bool = False,
 ) -> Iterator[bytes]:
     """Yield blocks of complete lines from each input in turn (stdin when *names* is empty).
 
     With *follow*, after reaching the end of every input keep polling the plain files for
     new lines (like ``tail -F``: a truncated or replaced file is read again from its start)
     and yield ``b""`` after each idle poll, so callers can flush. Runs until interrupted.
+    With *from_end* as well, followed files are read from their current end (``tail -f -n 0``).
     """
     followed: list[_Source] = []
     for name in names or [STDIN]:
@@ -190,6 +192,8 @@ def iter_chunks(
         if source is None:
             continue
         keep = follow and source.followable
+        if keep and from_end:
+            source.fh.seek(0, os.SEEK_END)
         while (chunk := source.read_chunk(final=not keep)) is not None:
             if not chunk and keep:
                 break
@@ -223,9 +227,10 @@ def iter_batches(
     *,
     follow: bool = False,
     interval: float = 0.2,
+    from_end: bool = False,
 ) -> Iterator[list[bytes]]:
     """Like :func:`iter_chunks`, split into lines (without their ``\\n`` or ``\\r\\n``)."""
-    for chunk in iter_chunks(names, stats, follow=follow, interval=interval):
+    for chunk in iter_chunks(names, stats, follow=follow, interval=interval, from_end=from_end):
         lines = chunk.split(b"\n")
         lines.pop()
         if b"\r" in chunk:

@@ -1,0 +1,490 @@
+"""The DuckDB engine behind ``stats``, ``report``, ``trace``, ``errors``, ``diff`` and ``sql``.
+
+DuckDB does the reading: JSON-lines parsing, gzip, globs, parallel scans, aggregates and
+quantiles. What is reqlog's own lives here, as SQL built once per run:
+
+- which lines are events and which events are access events (``logger`` ``reqlog.access``
+  and one of :data:`ACCESS_EVENTS`);
+- one set of column names for the flat, ECS and OpenTelemetry schemas, derived from the field
+  maps in :mod:`reqlog.schemas` (a dotted name is read both as a top-level key and as nested
+  objects, as ECS and OTel writers differ);
+- the weight of a sampled event (``1 / sample_rate``) and weighted nearest-rank percentiles;
+- the lines that are not events (text, malformed or truncated JSON), counted.
+
+Two views are defined on a connection: ``requests`` (access events, typed columns, read with
+an explicit column list so DuckDB parses only what it needs) and ``events`` (every event, the
+same columns plus ``json``, the whole event, for anything else).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from reqlog.schemas import ECS_FIELDS, OTEL_FIELDS
+
+if TYPE_CHECKING:
+    import duckdb
+
+ACCESS_LOGGER = "reqlog.access"
+ACCESS_EVENTS = ("request_completed", "request_failed", "websocket_closed", "websocket_failed")
+FAILED_EVENTS = ("request_failed", "websocket_failed")
+
+#: The unified columns: reqlog's flat name and its DuckDB type. ``timestamp`` is kept as text
+#: (``ts`` is the parsed time); ``exception`` is text too: JSON for a structured traceback, or
+#: the traceback as written by the console, ECS and OTel formats.
+FIELDS: Mapping[str, str] = {
+    "timestamp": "VARCHAR",
+    "level": "VARCHAR",
+    "event": "VARCHAR",
+    "logger": "VARCHAR",
+    "service": "VARCHAR",
+    "request_id": "VARCHAR",
+    "method": "VARCHAR",
+    "path": "VARCHAR",
+    "route": "VARCHAR",
+    "query": "VARCHAR",
+    "status_code": "BIGINT",
+    "duration_ms": "DOUBLE",
+    "client_ip": "VARCHAR",
+    "user_agent": "VARCHAR",
+    "http_version": "VARCHAR",
+    "response_bytes": "BIGINT",
+    "user_id": "VARCHAR",
+    "sample_rate": "DOUBLE",
+    "slow": "BOOLEAN",
+    "outcome": "VARCHAR",
+    "error_type": "VARCHAR",
+    "error_message": "VARCHAR",
+    "exception": "VARCHAR",
+}
+
+#: Where a schema changes the unit as well as the name (see ``schemas._duration_ns``).
+_UNITS: Mapping[str, str] = {"event.duration": "{} / 1e6"}
+
+
+def _aliases(flat: str) -> list[str]:
+    """The other names of a flat field: the ECS name, then the OTel name (from reqlog.schemas)."""
+    names = []
+    for mapping in (ECS_FIELDS, OTEL_FIELDS):
+        name = mapping.get(flat)
+        if name and name != flat and name not in names:
+            names.append(name)
+    return names
+
+
+def _q(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    """A quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+# Missing extra -------------------------------------------------------------------------------
+
+
+class MissingExtra(RuntimeError):
+    """DuckDB is not installed; the message says how to install it."""
+
+
+def distribution_name() -> str:
+    """The distribution that provides ``reqlog`` (its name on the package index)."""
+    from importlib.metadata import packages_distributions
+
+    names = packages_distributions().get("reqlog") or []
+    return names[0] if names else "reqlog"
+
+
+def require_duckdb() -> ModuleType:
+    """Import DuckDB, or raise :class:`MissingExtra` saying how to install it."""
+    try:
+        import duckdb
+    except ImportError:
+        dist = distribution_name()
+        msg = (
+            "this command reads logs with DuckDB, which is not installed;"
+            f" install it with: pip install '{dist}[cli]'"
+        )
+        raise MissingExtra(msg) from None
+    return duckdb
+
+
+# Inputs --------------------------------------------------------------------------------------
+
+_GZIP_MAGIC = b"\x1f\x8b"
+STDIN = "-"
+
+
+@dataclass
+class Inputs:
+    """The files to read, by compression, and what went wrong finding them."""
+
+    plain: list[str] = field(default_factory=list)
+    gzip: list[str] = field(default_factory=list)
+    globs: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to read."""
+        return not (self.plain or self.gzip or self.globs)
+
+    def cleanup(self) -> None:
+        """Remove the copy of standard input, if one was made."""
+        for path in self.temporary:
+            with _suppress_os_error():
+                os.unlink(path)
+        self.temporary.clear()
+
+
+class _suppress_os_error:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, tb: object) -> bool:
+        return isinstance(value, OSError)
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[0].lower() + text[1:] if text else type(exc).__name__
+
+
+def resolve(names: Sequence[str]) -> Inputs:
+    """Sort the inputs by compression (sniffed from content) and report missing ones.
+
+    A name holding ``*``, ``?`` or ``[`` that is not an existing file is a glob for DuckDB to
+    expand (``'logs/*.jsonl.gz'``; compression then follows the file name). Standard input
+    (no name, or ``-``) is copied to a temporary file: DuckDB reads a file more than once.
+    """
+    inputs = Inputs()
+    for name in names or [STDIN]:
+        if name == STDIN:
+            path = _spool_stdin()
+            inputs.temporary.append(path)
+            inputs.plain.append(path) if not _is_gzip(path) else inputs.gzip.append(path)
+            continue
+        if not os.path.exists(name) and any(c in name for c in "*?["):
+            inputs.globs.append(name)
+            continue
+        try:
+            gz = _is_gzip(name)
+        except OSError as exc:
+            inputs.problems.append(f"{name}: {_reason(exc)}")
+            continue
+        (inputs.gzip if gz else inputs.plain).append(name)
+    return inputs
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def _spool_stdin() -> str:
+    fd, path = tempfile.mkstemp(prefix="reqlog-stdin-", suffix=".jsonl")
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+    return path
+
+
+def salvage_gzip(path: str, inputs: Inputs) -> str:
+    """Decompress what can be read of a damaged gzip file into a temporary plain file."""
+    fd, out_path = tempfile.mkstemp(prefix="reqlog-gz-", suffix=".jsonl")
+    inputs.temporary.append(out_path)
+    with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
+        try:
+            shutil.copyfileobj(src, out, 1 << 20)
+        except (EOFError, OSError):
+            inputs.problems.append(f"{path}: gzip stream is damaged; read what was there")
+    return out_path
+
+
+# SQL -----------------------------------------------------------------------------------------
+
+
+def _struct_type(tree: dict[str, Any]) -> str:
+    parts = []
+    for key, sub in tree.items():
+        inner = _struct_type(sub) if isinstance(sub, dict) else sub
+        parts.append(f"{_q(key)} {inner}")
+    return "STRUCT(" + ", ".join(parts) + ")"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How each unified column is read: the raw columns to ask for and expressions over them."""
+
+    columns: dict[str, str]
+    expressions: dict[str, str]
+
+
+def _typed_plan() -> _Plan:
+    """Raw columns for ``read_json(columns=...)`` and one expression per unified column.
+
+    Every flat name is a column; every ECS/OTel name is read as a dotted top-level key (OTel,
+    ECS's ``log.level``) and as nested objects (ECS). A nested root that is also a flat name
+    (``event``, ``service``, ``user_agent``, ``exception``) is read as text: an object there is
+    the ECS/OTel form and is taken apart with ``json_extract_string``.
+    """
+    columns: dict[str, str] = {}
+    trees: dict[str, dict[str, Any]] = {}
+    aliases = {flat: _aliases(flat) for flat in FIELDS}
+    for flat, kind in FIELDS.items():
+        columns[flat] = kind
+    for flat, names in aliases.items():
+        for name in names:
+            kind = "DOUBLE" if name in _UNITS else FIELDS[flat]
+            columns.setdefault(name, kind)
+            root, *rest = name.split(".")
+            if rest and root not in FIELDS:
+                node = trees.setdefault(root, {})
+                for part in rest[:-1]:
+                    node = node.setdefault(part, {})
+                node[rest[-1]] = kind
+    for root, tree in trees.items():
+        columns[root] = _struct_type(tree)
+    nested_roots = {n.split(".")[0] for names in aliases.values() for n in names if "." in n}
+
+    expressions = {}
+    for flat, kind in FIELDS.items():
+        own = _q(flat)
+        if flat in nested_roots and kind == "VARCHAR":
+            own = f"CASE WHEN NOT starts_with({own}, '{{') THEN {own} END"
+        options = [own]
+        for name in aliases[flat]:
+            unit = _UNITS.get(name, "{}")
+            options.append(unit.format(_q(name)))
+            root, *rest = name.split(".")
+            if not rest:
+                continue
+            if root in FIELDS:
+                path = "$." + ".".join(_q(p) for p in rest)
+                value = f"json_extract_string({_q(root)}, {_lit(path)})"
+                cast = f"TRY_CAST({value} AS {'DOUBLE' if name in _UNITS else kind})"
+                nested = f"CASE WHEN starts_with({_q(root)}, '{{') THEN {cast} END"
+            else:
+                nested = ".".join(_q(p) for p in [root, *rest])
+            options.append(unit.format(nested))
+        expressions[flat] = options[0] if len(options) == 1 else f"coalesce({', '.join(options)})"
+    return _Plan(columns, expressions)
+
+
+def _json_plan() -> dict[str, str]:
+    """One expression per unified column over ``json`` (a whole event), for the events view.
+
+    Every name is looked up in one ``json_extract_string`` call (the event is parsed once):
+    ``$."name"`` for a top-level key, ``$.a.b`` for nested objects.
+    """
+    paths: list[str] = []
+    slots: dict[str, list[tuple[int, str]]] = {}
+    for flat in FIELDS:
+        names = [flat, *_aliases(flat)]
+        for name in names:
+            candidates = [f"$.{_q(name)}"]
+            if "." in name:
+                candidates.append("$." + ".".join(_q(p) for p in name.split(".")))
+            for path in candidates:
+                slots.setdefault(flat, []).append((len(paths), _UNITS.get(name, "{}")))
+                paths.append(path)
+    listed = "[" + ", ".join(_lit(p) for p in paths) + "]"
+    expressions = {"__paths__": listed}
+    for flat, kind in FIELDS.items():
+        options = []
+        for index, unit in slots[flat]:
+            value = f"__v[{index + 1}]"
+            if flat == "exception":
+                options.append(f"TRY_CAST(json_extract(json, {_lit(paths[index])}) AS VARCHAR)")
+                continue
+            if flat in ("event", "service", "user_agent"):
+                value = f"CASE WHEN NOT starts_with({value}, '{{') THEN {value} END"
+            if unit != "{}":
+                value = unit.format(f"TRY_CAST({value} AS DOUBLE)")
+            elif kind != "VARCHAR":
+                value = f"TRY_CAST({value} AS {kind})"
+            options.append(value)
+        expressions[flat] = options[0] if len(options) == 1 else f"coalesce({', '.join(options)})"
+    return expressions
+
+
+def _weight(rate: str) -> str:
+    return f"CASE WHEN {rate} > 0 AND {rate} < 1 THEN 1.0 / {rate} ELSE 1.0 END"
+
+
+def _is_access(event: str, logger: str) -> str:
+    names = ", ".join(_lit(e) for e in ACCESS_EVENTS)
+    return f"({event} IN ({names}) AND {logger} = {_lit(ACCESS_LOGGER)})"
+
+
+@dataclass(frozen=True)
+class Window:
+    """``--since`` / ``--until`` as seconds since the epoch (``until`` is exclusive)."""
+
+    since: float | None = None
+    until: float | None = None
+
+    def sql(self, ts: str = "ts") -> str:
+        """A condition on *ts*; ``TRUE`` when the window is open on both sides."""
+        parts = []
+        if self.since is not None:
+            parts.append(f"{ts} >= to_timestamp({self.since!r})")
+        if self.until is not None:
+            parts.append(f"{ts} < to_timestamp({self.until!r})")
+        return " AND ".join(parts) or "TRUE"
+
+    @property
+    def open(self) -> bool:
+        """True when neither bound is set."""
+        return self.since is None and self.until is None
+
+
+# Connection ----------------------------------------------------------------------------------
+
+
+class Logs:
+    """A DuckDB connection with ``requests`` and ``events`` views over the inputs.
+
+    Use as a context manager; temporary copies (standard input) are removed at exit.
+    """
+
+    #: The parsed time of a row of ``lines``.
+    ts_sql = "TRY_CAST(timestamp AS TIMESTAMPTZ)"
+    #: The weight of a row of ``lines``: how many requests it stands for.
+    weight_sql = _weight("sample_rate")
+
+    def __init__(
+        self, names: Sequence[str], window: Window | None = None, *, threads: int | None = None
+    ) -> None:
+        self.duckdb = require_duckdb()
+        self.inputs = resolve(names)
+        self.window = window or Window()
+        self.con: duckdb.DuckDBPyConnection = self.duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        if threads is not None:
+            self.con.execute(f"SET threads = {int(threads)}")
+        self._define()
+
+    @property
+    def access_sql(self) -> str:
+        """The condition on a row of ``lines`` for an access event inside the time window."""
+        return f"{_is_access('event', 'logger')} AND {self.window.sql(self.ts_sql)}"
+
+    def __enter__(self) -> Logs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection and remove temporary files."""
+        self.con.close()
+        self.inputs.cleanup()
+
+    @property
+    def problems(self) -> list[str]:
+        """Inputs that could not be read (one line each)."""
+        return self.inputs.problems
+
+    def _sources(self, reader: str, options: str) -> str:
+        """``reader(files, options)`` for each compression, joined with ``UNION ALL``."""
+        parts = []
+        for files, compression in (
+            (self.inputs.plain, "none"),
+            (self.inputs.gzip, "gzip"),
+            (self.inputs.globs, "auto"),
+        ):
+            if files:
+                listed = "[" + ", ".join(_lit(f) for f in files) + "]"
+                parts.append(
+                    f"SELECT * FROM {reader}({listed}, format='newline_delimited',"
+                    f" ignore_errors=true, compression={_lit(compression)}{options})"
+                )
+        if not parts:
+            parts.append(f"SELECT * FROM {reader}([], format='newline_delimited'{options})")
+        return " UNION ALL ".join(parts)
+
+    def _define(self) -> None:
+        plan = _typed_plan()
+        columns = "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in plan.columns.items()) + "}"
+        if self.inputs.empty:
+            empty = ", ".join(f"NULL::{kind} AS {_q(k)}" for k, kind in plan.columns.items())
+            typed_source = f"SELECT {empty} WHERE false"
+            objects_source = "SELECT NULL::JSON AS json WHERE false"
+        else:
+            typed_source = self._sources("read_json", f", columns={columns}")
+            objects_source = self._sources("read_json_objects", "")
+        unified = ", ".join(f"{expr} AS {_q(name)}" for name, expr in plan.expressions.items())
+        # lines: every line DuckDB saw (blank lines aside), unified; non-events have no event.
+        self.con.execute(f"CREATE TEMP VIEW lines AS SELECT {unified} FROM ({typed_source})")
+        self.con.execute(
+            f"CREATE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts, *,"
+            f" {self.weight_sql} AS weight FROM lines WHERE {self.access_sql}"
+        )
+        json_plan = _json_plan()
+        paths = json_plan.pop("__paths__")
+        extracted = ", ".join(f"{expr} AS {_q(name)}" for name, expr in json_plan.items())
+        self.con.execute(
+            "CREATE TEMP VIEW events AS SELECT TRY_CAST(timestamp AS TIMESTAMPTZ) AS ts, *,"
+            f" {_is_access('event', 'logger')} AS access FROM ("
+            f" SELECT {extracted}, json FROM ("
+            f"  SELECT json, json_extract_string(json, {paths}) AS __v FROM ({objects_source})"
+            "   WHERE json_type(json) = 'OBJECT'))"
+            f" WHERE event IS NOT NULL AND {self.window.sql(self.ts_sql)}"
+        )
+
+    def objects_sql(self) -> str:
+        """Every line that is a JSON value, as ``json`` (DuckDB's ``read_json_objects``)."""
+        if self.inputs.empty:
+            return "SELECT NULL::JSON AS json WHERE false"
+        return self._sources("read_json_objects", "")
+
+    def materialize(self) -> None:
+        """Read the input once into memory for several queries: ``lines`` then reads the copy.
+
+        Kept: access events in the window, events with an exception, and the lines that are
+        not events (to count them); everything the commands ask about.
+        """
+        self.con.execute(
+            "CREATE TEMP TABLE kept AS SELECT * FROM lines WHERE event IS NULL"
+            f" OR ({self.access_sql})"
+            f" OR (exception IS NOT NULL AND {self.window.sql(self.ts_sql)})"
+        )
+        self.con.execute("CREATE OR REPLACE TEMP VIEW lines AS SELECT * FROM kept")
+
+    def skipped_lines(self) -> int:
+        """How many lines are not events (text, malformed or truncated JSON): one more scan."""
+        return int(self.query("SELECT count(*) FROM lines WHERE event IS NULL")[0][0])
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run *sql*, return every row."""
+        return self.con.execute(sql, params or []).fetchall()
+
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Run *sql*, yield rows as dicts."""
+        cursor = self.con.execute(sql, params or [])
+        names = [d[0] for d in cursor.description or []]
+        while batch := cursor.fetchmany(2048):
+            for row in batch:
+                yield dict(zip(names, row, strict=True))
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """Seconds since the epoch for a DuckDB TIMESTAMPTZ value (a datetime) or ``None``."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        seconds: float = value.timestamp()
+        return seconds
+    return None
