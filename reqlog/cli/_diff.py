@@ -296,7 +296,7 @@ def render(changes: Sequence[Change], show_all: bool) -> str:
             ]
             body.append(cells)
             continue
-        if not (c.worse or c.better or show_all):
+        if not (c.worse or c.better or c.traffic or show_all):
             hidden += 1
             continue
         latency = c.latency or {}
@@ -308,7 +308,11 @@ def render(changes: Sequence[Change], show_all: bool) -> str:
                 f"{_ms(b.percentiles[p][0])} -> {_ms(a.percentiles[p][0])} {_mark(latency[p])}"
                 for p in PERCENTILES
             ],
-            "worse" if c.worse else "better" if c.better else "same",
+            "worse"
+            if c.worse
+            else "better"
+            if c.better
+            else {1: "more traffic", -1: "less traffic"}.get(c.traffic, "same"),
         ]
         body.append(cells)
     if not body:

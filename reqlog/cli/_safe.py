@@ -36,6 +36,11 @@ def safe(value: Any) -> str:
     return "-" if value is None else escape(value if isinstance(value, str) else str(value))
 
 
+# What valid JSON may hold raw inside strings (C0 must already be escaped there, and outside
+# strings only JSON's own whitespace appears).
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def _json_escaped(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
@@ -46,4 +51,4 @@ def escape_json(text: str) -> str:
     The result is the same JSON value: inside a string ``\\u2028`` means U+2028, and these
     characters cannot appear outside strings in valid JSON.
     """
-    return UNSAFE.sub(_json_escaped, text) if UNSAFE.search(text) else text
+    return _JSON_UNSAFE.sub(_json_escaped, text) if _JSON_UNSAFE.search(text) else text
