@@ -103,7 +103,7 @@ def short_time(ts: Any) -> str:
 def _took(duration: Any) -> str:
     if not isinstance(duration, int | float) or isinstance(duration, bool):
         return "? ms"
-    return f"{duration / 1000:.1f} s" if duration >= 10_000 else f"{duration:.1f} ms"
+    return f"{duration / 1000:.1f} s" if duration >= 1000 else f"{duration:.1f} ms"
 
 
 def websocket_sentence(event: Event) -> str:
