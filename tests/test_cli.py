@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from reqlog.cli import _input, _stats, main
+from reqlog.cli import _input, main
 
 RID_A = "3f2a9c0e8b7d4e1fa2b3c4d5e6f70812"
 RID_B = "9b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e"
@@ -105,7 +106,7 @@ SLOW = access(
 EVENTS: list[dict[str, Any] | str] = [BANNER, LOADING, COMPLETED, FAILED, SLOW]
 
 
-def write_log(path: Path, items: list[dict[str, Any] | str] | None = None) -> Path:
+def write_log(path: Path, items: Sequence[Mapping[str, Any] | str] | None = None) -> Path:
     """Write events (and text lines) to *path*, one per line."""
     lines = [
         item.encode() if isinstance(item, str) else orjson.dumps(item)

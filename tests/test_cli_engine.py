@@ -179,9 +179,16 @@ def _side(seed: int, start: float, slow: float, error_share: float) -> list[dict
         duration = round(rnd.lognormvariate(2.0, 0.3) * (slow if route[1] == "/orders" else 1), 3)
         status = 503 if route[1] == "/items/{id}" and rnd.random() < error_share else 200
         events.append(
-            access(f"{seed:08x}{i:024x}", ts(start + i), "/x", status, duration, route=route[1],
-                   method=route[0])
-        )  # fmt: skip
+            access(
+                f"{seed:08x}{i:024x}",
+                ts(start + i),
+                "/x",
+                status,
+                duration,
+                route=route[1],
+                method=route[0],
+            )
+        )
     return events
 
 
@@ -212,7 +219,10 @@ def expected_side(events: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]
                 "high": nearest_rank(pairs, Fraction(high) / 100),
             }
         figures["_rate_interval"] = _wilson(c5 / n, n)
-        figures["_rps_interval"] = ((n - 1.96 * math.sqrt(n)) / span, (n + 1.96 * math.sqrt(n)) / span)
+        figures["_rps_interval"] = (
+            (n - 1.96 * math.sqrt(n)) / span,
+            (n + 1.96 * math.sqrt(n)) / span,
+        )
         out[key] = figures
     return out
 
@@ -225,7 +235,9 @@ def _wilson(p: float, n: int) -> tuple[float, float]:
     return max((centre - spread) / denominator, 0), min((centre + spread) / denominator, 1)
 
 
-def _verdict(b: tuple[float, float], a: tuple[float, float], old: float, new: float, least: float) -> int:
+def _verdict(
+    b: tuple[float, float], a: tuple[float, float], old: float, new: float, least: float
+) -> int:
     big = abs(new - old) >= least * abs(old)
     return 1 if a[0] > b[1] and big else -1 if a[1] < b[0] and big else 0
 
@@ -316,14 +328,24 @@ def test_errors_groups_match_an_independent_computation(
             event="request_failed",
             error_type="KeyError",
             error_message=f"'sku-{i}'",
-            exception=_stack("KeyError", [("/app/main.py", 10, "create"),
-                                          ("/app/orders.py", 42 + i % 2, "price"), (LIB, 9, "send")]),
-        )  # fmt: skip
+            exception=_stack(
+                "KeyError",
+                [
+                    ("/app/main.py", 10, "create"),
+                    ("/app/orders.py", 42 + i % 2, "price"),
+                    (LIB, 9, "send"),
+                ],
+            ),
+        )
         failures.append(e)
     for i in range(3):  # the same type raised elsewhere: another group
         e = access(f"b{i:031x}", ts(5 + i), "/items/1", 500, 1.0, route="/items/{id}")
-        e.update(event="request_failed", error_type="KeyError", error_message="'x'",
-                 exception=_stack("KeyError", [("/app/items.py", 7, "load")]))  # fmt: skip
+        e.update(
+            event="request_failed",
+            error_type="KeyError",
+            error_message="'x'",
+            exception=_stack("KeyError", [("/app/items.py", 7, "load")]),
+        )
         failures.append(e)
     plain_503 = [
         access(f"c{i:031x}", ts(20 + i), "/health", 503, 1.0, route="/health") for i in range(2)
@@ -334,7 +356,7 @@ def test_errors_groups_match_an_independent_computation(
         "timestamp": ts(30),
         "logger": "app.tasks",
         "request_id": "d" * 32,
-        "exception": "Traceback (most recent call last):\n  File \"/app/a.py\", line 1, in f\n"
+        "exception": 'Traceback (most recent call last):\n  File "/app/a.py", line 1, in f\n'
         "ValueError: inner\n\nThe above exception was the direct cause of the following"
         " exception:\n\nTraceback (most recent call last):\n"
         '  File "/app/tasks.py", line 5, in run\n'
@@ -348,10 +370,17 @@ def test_errors_groups_match_an_independent_computation(
     assert status == 0, err
     doc = orjson.loads(out)
     summary = [
-        (g["error"], g["frame"] and (g["frame"]["filename"], g["frame"]["function"]), g["count"],
-         g["first_seen"], g["last_seen"], g["routes"], len(g["request_ids"]))
+        (
+            g["error"],
+            g["frame"] and (g["frame"]["filename"], g["frame"]["function"]),
+            g["count"],
+            g["first_seen"],
+            g["last_seen"],
+            g["routes"],
+            len(g["request_ids"]),
+        )
         for g in doc["groups"]
-    ]  # fmt: skip
+    ]
     assert summary == [
         ("KeyError", ("/app/orders.py", "price"), 7.0, ts(0), ts(60), {"POST /orders": 7.0}, 3),
         ("KeyError", ("/app/items.py", "load"), 3.0, ts(5), ts(7), {"GET /items/{id}": 3.0}, 3),
@@ -452,10 +481,15 @@ def test_sql_views_unify_schemas_and_keep_the_whole_event(
     )
 
     status, out, err = run(
-        ["sql", "SELECT method, route, path, status_code, duration_ms, user_id, weight"
-         " FROM requests", str(log), "--format", "csv"],
+        [
+            "sql",
+            "SELECT method, route, path, status_code, duration_ms, user_id, weight FROM requests",
+            str(log),
+            "--format",
+            "csv",
+        ],
         capsys,
-    )  # fmt: skip
+    )
 
     assert status == 0, err
     assert out.splitlines() == [

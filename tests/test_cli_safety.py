@@ -57,13 +57,27 @@ def hostile_events(text: str) -> list[dict[str, Any]]:
         ],
     )
     return [
-        access(RID[:-1] + "0", "2026-11-24T06:00:00Z", "/" + text, 200, 1.0, route=text,
-               method="G" + text, **{"k" + text: text})
+        access(
+            RID[:-1] + "0",
+            "2026-11-24T06:00:00Z",
+            "/" + text,
+            200,
+            1.0,
+            route=text,
+            method="G" + text,
+            **{"k" + text: text},
+        )
         | {"query": text},
-        {"event": text, "level": "info", "timestamp": "2026-11-24T06:00:00.5Z",
-         "request_id": RID, "logger": "app" + text, text: text},
+        {
+            "event": text,
+            "level": "info",
+            "timestamp": "2026-11-24T06:00:00.5Z",
+            "request_id": RID,
+            "logger": "app" + text,
+            text: text,
+        },
         failed,
-    ]  # fmt: skip
+    ]
 
 
 def run_all(log: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
@@ -136,8 +150,13 @@ def test_no_command_writes_a_control_character_from_a_log(text: str) -> None:
     # No line of output can be forged by a newline in the log: each event is one line here
     # (the traceback's lines are ours, and indented or fixed).
     view_lines = capture.outputs["view"].splitlines()
-    assert not [line for line in view_lines if line and not line[0].isdigit() and
-                not line.startswith(("---", "Traceback", "  File", "E"))]  # fmt: skip
+    assert not [
+        line
+        for line in view_lines
+        if line
+        and not line[0].isdigit()
+        and not line.startswith(("---", "Traceback", "  File", "E"))
+    ]
 
 
 class _Capture:
@@ -177,8 +196,16 @@ MARKUP = [
 def _hostile_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     events = []
     for i, text in enumerate(MARKUP):
-        e = access(f"{i:032x}", f"2026-11-24T06:00:0{i}Z", "/" + text, 500, 1.0 + i,
-                   route="/r" + text, user_agent=text, user_id=text)  # fmt: skip
+        e = access(
+            f"{i:032x}",
+            f"2026-11-24T06:00:0{i}Z",
+            "/" + text,
+            500,
+            1.0 + i,
+            route="/r" + text,
+            user_agent=text,
+            user_id=text,
+        )
         e.update(event="request_failed", error_type="E", error_message=text)
         events.append(e)
     log = write_log(tmp_path / "app.log", events)
@@ -275,15 +302,38 @@ def test_view_shows_websocket_events_as_sentences(
     log = write_log(
         tmp_path / "ws.log",
         [
-            {**base, "event": "websocket_closed", "timestamp": "2026-11-24T06:00:00Z",
-             "accepted": True, "close_code": 1000, "closed_by": "client", "duration_ms": 5200.0},
-            {**base, "event": "websocket_closed", "timestamp": "2026-11-24T06:00:01Z",
-             "accepted": False, "close_code": 1008, "closed_by": "server", "duration_ms": 3.0},
-            {**base, "event": "websocket_failed", "timestamp": "2026-11-24T06:00:02Z",
-             "level": "error", "accepted": True, "close_code": 1006, "closed_by": None,
-             "duration_ms": 12.5, "error_type": "RuntimeError", "error_message": "boom"},
+            {
+                **base,
+                "event": "websocket_closed",
+                "timestamp": "2026-11-24T06:00:00Z",
+                "accepted": True,
+                "close_code": 1000,
+                "closed_by": "client",
+                "duration_ms": 5200.0,
+            },
+            {
+                **base,
+                "event": "websocket_closed",
+                "timestamp": "2026-11-24T06:00:01Z",
+                "accepted": False,
+                "close_code": 1008,
+                "closed_by": "server",
+                "duration_ms": 3.0,
+            },
+            {
+                **base,
+                "event": "websocket_failed",
+                "timestamp": "2026-11-24T06:00:02Z",
+                "level": "error",
+                "accepted": True,
+                "close_code": 1006,
+                "closed_by": None,
+                "duration_ms": 12.5,
+                "error_type": "RuntimeError",
+                "error_message": "boom",
+            },
         ],
-    )  # fmt: skip
+    )
 
     main(["view", str(log), "--color", "never"])
 
@@ -296,6 +346,10 @@ def test_view_shows_websocket_events_as_sentences(
 
 
 # top in a real terminal ---------------------------------------------------------------------
+
+
+# The terminal's own size, not the one the test runner's environment may claim.
+TERMINAL_ENV = "env -u COLUMNS -u LINES NO_COLOR=1"
 
 
 def _tmux(*args: str) -> str:
@@ -311,14 +365,20 @@ def test_top_in_a_real_terminal(tmp_path: Path) -> None:
     log.write_bytes(b"")
     session = f"reqlog-top-{os.getpid()}"
     socket = str(tmp_path / "tmux.sock")
-    env = f"cd {Path.cwd()} && NO_COLOR=1 {sys.executable} -m reqlog top {log} --refresh 0.2"
+    env = f"cd {Path.cwd()} && {TERMINAL_ENV} {sys.executable} -m reqlog top {log} --refresh 0.2"
     _tmux("-S", socket, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", env)
     try:
         _wait_for_screen(socket, session, "waiting for access events")
         # 20 requests to /items/{id} (1..20 ms, the 20th a 503) and the hostile path.
         events = [
-            access(f"{i:032x}", "2026-11-24T06:00:00Z", f"/items/{i}", 503 if i == 20 else 200,
-                   float(i), route="/items/{id}")  # fmt: skip
+            access(
+                f"{i:032x}",
+                "2026-11-24T06:00:00Z",
+                f"/items/{i}",
+                503 if i == 20 else 200,
+                float(i),
+                route="/items/{id}",
+            )
             for i in range(1, 21)
         ]
         events.append(access(RID, "2026-11-24T06:00:00Z", HOSTILE, 200, 999.0, route=None))
@@ -343,3 +403,50 @@ def _wait_for_screen(socket: str, session: str, needle: str, timeout: float = 30
             return screen
         time.sleep(0.1)
     pytest.fail(f"{needle!r} not on the screen within {timeout}s:\n{screen}")
+
+
+def test_top_reads_a_pipe(tmp_path: Path) -> None:
+    """``uvicorn app:app | reqlog top``: standard input, read to its end; the screen stays."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install tmux)")
+    log = write_log(
+        tmp_path / "app.log",
+        [
+            access(
+                f"{i:032x}",
+                "2026-11-24T06:00:00Z",
+                "/o",
+                200,
+                2.0,
+                route="/o",
+                method="POST",
+                sample_rate=0.5,
+            )
+            for i in range(4)
+        ]
+        + ["INFO:     Uvicorn running", '{"trunc'],
+    )
+    socket = str(tmp_path / "tmux.sock")
+    command = f"cat {log} | {TERMINAL_ENV} {sys.executable} -m reqlog top --refresh 0.2"
+    _tmux(
+        "-S",
+        socket,
+        "new-session",
+        "-d",
+        "-s",
+        "pipe",
+        "-x",
+        "140",
+        "-y",
+        "30",
+        f"cd {Path.cwd()} && {command}",
+    )
+    try:
+        screen = _wait_for_screen(socket, "pipe", "input ended")
+        assert "reqlog top: 6 lines, 4 events read" in screen
+        assert "1 malformed lines skipped" in screen
+        row = next(line for line in screen.splitlines() if line.startswith("POST /o"))
+        # 4 events at sample_rate 0.5 stand for 8 requests.
+        assert row.split()[3:] == ["-", "-", "2.0", "ms", "2.0", "ms", "2.0", "ms"]
+    finally:
+        subprocess.run(["tmux", "-S", socket, "kill-server"], check=False, timeout=30)

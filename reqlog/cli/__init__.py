@@ -301,9 +301,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from . import _errors
 
         return _errors.run(
-            args.files, top=args.top, as_json=args.json, window=window, threads=threads,
-            out=out, err=err,
-        )  # fmt: skip
+            args.files,
+            top=args.top,
+            as_json=args.json,
+            window=window,
+            threads=threads,
+            out=out,
+            err=err,
+        )
     if args.command == "trace":
         from . import _trace, _view
 
@@ -321,9 +326,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from . import _sql
 
         return _sql.run(
-            args.query, args.files, fmt=args.format, window=window, threads=threads,
-            out=out, err=err,
-        )  # fmt: skip
+            args.query,
+            args.files,
+            fmt=args.format,
+            window=window,
+            threads=threads,
+            out=out,
+            err=err,
+        )
     from . import _report
 
     return _report.run(

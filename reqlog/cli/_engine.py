@@ -370,7 +370,9 @@ class Logs:
         self.duckdb = require_duckdb()
         self.inputs = resolve(names)
         self.window = window or Window()
+        # No progress bar: DuckDB draws one on stdout for long queries, into --json output.
         self.con: duckdb.DuckDBPyConnection = self.duckdb.connect()
+        self.con.execute("SET enable_progress_bar = false")
         self.con.execute("SET TimeZone = 'UTC'")
         if threads is not None:
             self.con.execute(f"SET threads = {int(threads)}")

@@ -9,7 +9,6 @@ in :class:`ReadStats` and reported once at the end; they never stop the other in
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import sys
 import time
@@ -236,38 +235,3 @@ def iter_batches(
         if b"\r" in chunk:
             lines = [line.rstrip(b"\r") for line in lines]
         yield lines
-
-
-class _Range(io.RawIOBase):
-    """The bytes of a file between two offsets, as a readable stream."""
-
-    def __init__(self, fh: BinaryIO, start: int, end: int) -> None:
-        super().__init__()
-        self._fh = fh
-        fh.seek(start)
-        self._left = end - start
-
-    def readable(self) -> bool:
-        return True
-
-    def read1(self, size: int = -1) -> bytes:
-        want = self._left if size < 0 else min(size, self._left)
-        data = self._fh.read(want) if want > 0 else b""
-        self._left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def iter_range(path: str, start: int, end: int, stats: ReadStats) -> Iterator[bytes]:
-    """Blocks of the lines of a plain file between two line-start offsets (a worker's share)."""
-    fh = open(path, "rb")  # noqa: SIM115 - closed by _Source.close
-    source = _Source(path, cast(BinaryIO, _Range(fh, start, end)), followable=False, stats=stats)
-    try:
-        while (chunk := source.read_chunk(final=True)) is not None:
-            if chunk:
-                yield chunk
-    finally:
-        source.close()
