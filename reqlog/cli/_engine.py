@@ -452,14 +452,15 @@ class Logs:
             return "SELECT NULL::JSON AS json WHERE false"
         return self._sources("read_json_objects", "")
 
-    def materialize(self) -> None:
+    def materialize(self, columns: Sequence[str]) -> None:
         """Read the input once into memory for several queries: ``lines`` then reads the copy.
 
-        Kept: access events in the window, events with an exception, and the lines that are
-        not events (to count them); everything the commands ask about.
+        Kept: the unified *columns* of access events in the window, of events with an
+        exception, and of the lines that are not events (to count them).
         """
+        listed = ", ".join(_q(c) for c in columns)
         self.con.execute(
-            "CREATE TEMP TABLE kept AS SELECT * FROM lines WHERE event IS NULL"
+            f"CREATE TEMP TABLE kept AS SELECT {listed} FROM lines WHERE event IS NULL"
             f" OR ({self.access_sql})"
             f" OR (exception IS NOT NULL AND {self.window.sql(self.ts_sql)})"
         )

@@ -24,6 +24,11 @@ from ._safe import safe
 _BUCKET_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)
 MAX_BUCKETS = 240
 _MAX_SLOWEST = 10
+# The columns the report's queries read (stats, buckets, statuses, slowest, errors).
+_KEPT = (
+    "timestamp", "event", "logger", "method", "route", "path", "status_code", "duration_ms",
+    "sample_rate", "slow", "request_id", "error_type", "error_message", "exception",
+)  # fmt: skip
 
 
 @dataclass
@@ -95,7 +100,7 @@ def buckets_sql(logs: Logs, low: int, width: int) -> str:
 
 def collect(logs: Logs) -> Collected:
     """Every figure of the report, from one read of the input (kept in memory)."""
-    logs.materialize()
+    logs.materialize(_KEPT)
     data = Collected(stats=_stats.compute(logs, "route"))
     first, last = data.stats.first, data.stats.last
     if first is not None and last is not None:
