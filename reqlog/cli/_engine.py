@@ -229,6 +229,30 @@ class _Plan:
 
     columns: dict[str, str]
     expressions: dict[str, str]
+    options: dict[str, list[str]]
+    guarded: frozenset[str]
+
+    def in_sql(self, flat: str, values: Sequence[str]) -> str:
+        """``unified(flat) IN values``, written so that the common case is one cheap test.
+
+        ``coalesce(a, b, c) IN v`` is ``a IN v OR (a IS NULL AND (b IN v OR ...))``: a flat
+        log decides on its own column and never evaluates the aliases. A guarded column (text
+        that holds an object in ECS) compares raw, as no wanted value starts with ``{``.
+        """
+        listed = "(" + ", ".join(_lit(v) for v in values) + ")"
+        expr = ""
+        options = self.options[flat]
+        for i in range(len(options) - 1, -1, -1):
+            if i == 0 and flat in self.guarded:
+                own = _q(flat)
+                test_in, test_null = (
+                    f"{own} IN {listed}",
+                    f"({own} IS NULL OR starts_with({own}, '{{'))",
+                )
+            else:
+                test_in, test_null = f"{options[i]} IN {listed}", f"{options[i]} IS NULL"
+            expr = test_in if not expr else f"({test_in} OR ({test_null} AND {expr}))"
+        return expr
 
 
 def _typed_plan() -> _Plan:
@@ -259,11 +283,14 @@ def _typed_plan() -> _Plan:
     nested_roots = {n.split(".")[0] for names in aliases.values() for n in names if "." in n}
 
     expressions = {}
+    all_options: dict[str, list[str]] = {}
+    guarded = set()
     for flat, kind in FIELDS.items():
         own = _q(flat)
         if flat in nested_roots and kind == "VARCHAR":
             own = f"CASE WHEN NOT starts_with({own}, '{{') THEN {own} END"
-        options = [own]
+            guarded.add(flat)
+        options = all_options[flat] = [own]
         for name in aliases[flat]:
             unit = _UNITS.get(name, "{}")
             options.append(unit.format(_q(name)))
@@ -279,7 +306,7 @@ def _typed_plan() -> _Plan:
                 nested = ".".join(_q(p) for p in [root, *rest])
             options.append(unit.format(nested))
         expressions[flat] = options[0] if len(options) == 1 else f"coalesce({', '.join(options)})"
-    return _Plan(columns, expressions)
+    return _Plan(columns, expressions, all_options, frozenset(guarded))
 
 
 def _json_plan() -> dict[str, str]:
@@ -381,7 +408,7 @@ class Logs:
     @property
     def access_sql(self) -> str:
         """The condition on a row of ``lines`` for an access event inside the time window."""
-        return f"{_is_access('event', 'logger')} AND {self.window.sql(self.ts_sql)}"
+        return f"is_access AND {self.window.sql(self.ts_sql)}"
 
     def __enter__(self) -> Logs:
         return self
@@ -429,9 +456,15 @@ class Logs:
             objects_source = self._sources("read_json_objects", "")
         unified = ", ".join(f"{expr} AS {_q(name)}" for name, expr in plan.expressions.items())
         # lines: every line DuckDB saw (blank lines aside), unified; non-events have no event.
-        self.con.execute(f"CREATE TEMP VIEW lines AS SELECT {unified} FROM ({typed_source})")
+        access = (
+            f"({plan.in_sql('event', ACCESS_EVENTS)} AND {plan.in_sql('logger', [ACCESS_LOGGER])})"
+        )
         self.con.execute(
-            f"CREATE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts, *,"
+            f"CREATE TEMP VIEW lines AS SELECT {unified}, coalesce({access}, false) AS is_access"
+            f" FROM ({typed_source})"
+        )
+        self.con.execute(
+            f"CREATE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts, * EXCLUDE (is_access),"
             f" {self.weight_sql} AS weight FROM lines WHERE {self.access_sql}"
         )
         json_plan = _json_plan()

@@ -111,46 +111,76 @@ class Result:
         return self.total.events if self.total else 0
 
 
+# The raw columns each grouping groups by (cheaper to hash than a built string), and the key
+# shown, built once per group from them.
+_WS = "starts_with(event, 'websocket')"
+_GROUP_COLUMNS = {
+    "route": ("method", _WS, "route"),
+    "path": ("method", _WS, "path"),
+    "status": ("status_code",),
+    "user": ("user_id",),
+    "method": ("method", _WS),
+    "service": ("service",),
+}
+_GROUP_KEYS = {
+    "route": f"coalesce(g0, CASE WHEN g1 THEN 'WS' END, '-') || ' '"
+    f" || coalesce(nullif(g2, ''), '{NO_ROUTE}')",
+    "path": "coalesce(g0, CASE WHEN g1 THEN 'WS' END, '-') || ' ' || coalesce(nullif(g2, ''), '-')",
+    "status": "coalesce(CAST(g0 AS VARCHAR), '-')",
+    "user": f"coalesce(g0, '{ANONYMOUS}')",
+    "method": "coalesce(g0, CASE WHEN g1 THEN 'WS' END, '-')",
+    "service": "coalesce(g0, '-')",
+}
+
+
 def stats_sql(logs: Logs, by: str) -> str:
     """The one statement behind ``stats``: one row per group and a ``(all)`` row.
 
-    One scan of the input (``base``, materialised: access events and the lines that are not
-    events). Percentiles are ranked over the distinct durations of each group with their summed
-    weights (``hist``), which is the same answer as ranking every event and several times
-    cheaper: a log has far fewer distinct durations than requests.
+    One scan and one aggregation: access events are summed by group and duration (``hist``:
+    far fewer rows than events, as durations repeat), and the lines that are not events fall
+    into one row of their own (``junk``). Everything else comes from ``hist``: the group
+    figures as sums over it, the percentiles by ranking its durations with their summed
+    weights, which gives the same answer as ranking every event.
     """
-    ps = PERCENTILES
-    pcts = ", ".join(f"{percentile_sql(p)} AS p{p}" for p in ps)
-    picks = ", ".join(f"coalesce(pg.p{p}, pa.p{p}) AS p{p}" for p in ps)
+    columns = _GROUP_COLUMNS[by]
+    raw = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns))
+    groups = ", ".join(f"g{i}" for i in range(len(columns)))
+    pcts = ", ".join(f"{percentile_sql(p)} AS p{p}" for p in PERCENTILES)
+    picks = ", ".join(f"coalesce(pg.p{p}, pa.p{p}) AS p{p}" for p in PERCENTILES)
     return f"""
-    WITH base AS MATERIALIZED (
-        SELECT event IS NULL AS junk, {group_key_sql(by)} AS key,
-               coalesce(duration_ms, 0) AS d, {logs.weight_sql} AS w, status_code AS s,
-               event IN {_FAILED} AS failed, slow IS TRUE AS slow, {logs.ts_sql} AS ts
-        FROM lines WHERE event IS NULL OR ({logs.access_sql})
+    WITH hist AS (
+        SELECT junk, {groups}, d, sum(w) AS w, count(*) AS n,
+               sum(w) FILTER (WHERE s BETWEEN 400 AND 499) AS c4,
+               sum(w) FILTER (WHERE s >= 500 OR failed) AS c5,
+               sum(w) FILTER (WHERE slow) AS slow,
+               min(ts) AS first, max(ts) AS last
+        FROM (
+            SELECT event IS NULL AS junk, {raw}, coalesce(duration_ms, 0) AS d,
+                   {logs.weight_sql} AS w, status_code AS s, event IN {_FAILED} AS failed,
+                   slow IS TRUE AS slow, {logs.ts_sql} AS ts
+            FROM lines WHERE ({logs.access_sql}) OR event IS NULL
+        )
+        GROUP BY junk, {groups}, d
     ), acc AS (
-        SELECT * FROM base WHERE NOT junk
-    ), hist AS (
-        SELECT key, d, sum(w) AS w FROM acc GROUP BY key, d
+        SELECT {_GROUP_KEYS[by]} AS key, * FROM hist WHERE NOT junk
     ), pg AS (
         SELECT key, {pcts} FROM (
             SELECT key, d, sum(w) OVER (PARTITION BY key ORDER BY d) AS cum,
-                   sum(w) OVER (PARTITION BY key) AS tot FROM hist
+                   sum(w) OVER (PARTITION BY key) AS tot FROM acc
         ) GROUP BY key
     ), pa AS (
         SELECT {pcts} FROM (
             SELECT d, sum(w) OVER (ORDER BY d) AS cum, sum(w) OVER () AS tot
-            FROM (SELECT d, sum(w) AS w FROM hist GROUP BY d)
+            FROM (SELECT d, sum(w) AS w FROM acc GROUP BY d)
         )
     ), agg AS (
-        SELECT grouping(key) = 1 AS is_total, key, sum(w) AS count, count(*) AS events,
-               coalesce(sum(w) FILTER (WHERE s BETWEEN 400 AND 499), 0) AS c4,
-               coalesce(sum(w) FILTER (WHERE s >= 500 OR failed), 0) AS c5,
-               coalesce(sum(w) FILTER (WHERE slow), 0) AS slow,
-               sum(w * d) AS total, max(d) AS max, min(ts) AS first, max(ts) AS last
+        SELECT grouping(key) = 1 AS is_total, key, sum(w) AS count, sum(n) AS events,
+               coalesce(sum(c4), 0) AS c4, coalesce(sum(c5), 0) AS c5,
+               coalesce(sum(slow), 0) AS slow, sum(w * d) AS total, max(d) AS max,
+               min(first) AS first, max(last) AS last
         FROM acc GROUP BY GROUPING SETS ((key), ())
     )
-    SELECT agg.*, {picks}, (SELECT count(*) FROM base WHERE junk) AS skipped
+    SELECT agg.*, {picks}, coalesce((SELECT sum(n) FROM hist WHERE junk), 0) AS skipped
     FROM agg LEFT JOIN pg ON NOT agg.is_total AND pg.key = agg.key
     LEFT JOIN pa ON agg.is_total
     """
