@@ -254,6 +254,17 @@ class _Plan:
             expr = test_in if not expr else f"({test_in} OR ({test_null} AND {expr}))"
         return expr
 
+    def null_sql(self, flat: str) -> str:
+        """``unified(flat) IS NULL`` on the raw columns (every option is missing)."""
+        tests = []
+        for i, option in enumerate(self.options[flat]):
+            if i == 0 and flat in self.guarded:
+                own = _q(flat)
+                tests.append(f"({own} IS NULL OR starts_with({own}, '{{'))")
+            else:
+                tests.append(f"{option} IS NULL")
+        return " AND ".join(tests)
+
 
 def _typed_plan() -> _Plan:
     """Raw columns for ``read_json(columns=...)`` and one expression per unified column.
@@ -459,12 +470,15 @@ class Logs:
         access = (
             f"({plan.in_sql('event', ACCESS_EVENTS)} AND {plan.in_sql('logger', [ACCESS_LOGGER])})"
         )
+        failed = plan.in_sql("event", FAILED_EVENTS)
         self.con.execute(
-            f"CREATE TEMP VIEW lines AS SELECT {unified}, coalesce({access}, false) AS is_access"
+            f"CREATE TEMP VIEW lines AS SELECT {unified}, coalesce({access}, false) AS is_access,"
+            f" {plan.null_sql('event')} AS junk, coalesce({failed}, false) AS is_failed"
             f" FROM ({typed_source})"
         )
         self.con.execute(
-            f"CREATE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts, * EXCLUDE (is_access),"
+            f"CREATE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts,"
+            " * EXCLUDE (is_access, junk, is_failed),"
             f" {self.weight_sql} AS weight FROM lines WHERE {self.access_sql}"
         )
         json_plan = _json_plan()
@@ -493,15 +507,15 @@ class Logs:
         """
         listed = ", ".join(_q(c) for c in columns)
         self.con.execute(
-            f"CREATE TEMP TABLE kept AS SELECT {listed} FROM lines WHERE event IS NULL"
-            f" OR ({self.access_sql})"
+            f"CREATE TEMP TABLE kept AS SELECT {listed} FROM lines WHERE ({self.access_sql})"
+            " OR junk"
             f" OR (exception IS NOT NULL AND {self.window.sql(self.ts_sql)})"
         )
         self.con.execute("CREATE OR REPLACE TEMP VIEW lines AS SELECT * FROM kept")
 
     def skipped_lines(self) -> int:
         """How many lines are not events (text, malformed or truncated JSON): one more scan."""
-        return int(self.query("SELECT count(*) FROM lines WHERE event IS NULL")[0][0])
+        return int(self.query("SELECT count(*) FROM lines WHERE junk")[0][0])
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run *sql*, return every row."""

@@ -28,6 +28,7 @@ _MAX_SLOWEST = 10
 _KEPT = (
     "timestamp", "event", "logger", "method", "route", "path", "status_code", "duration_ms",
     "sample_rate", "slow", "request_id", "error_type", "error_message", "exception", "is_access",
+    "junk", "is_failed",
 )  # fmt: skip
 
 

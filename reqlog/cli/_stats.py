@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ._engine import FAILED_EVENTS, Logs, Window, epoch_seconds
+from ._engine import Logs, Window, epoch_seconds
 from ._events import format_time
 from ._safe import safe
 
@@ -32,7 +32,6 @@ _KEYS = {
     "method": _METHOD,
     "service": "coalesce(service, '-')",
 }
-_FAILED = "(" + ", ".join(f"'{e}'" for e in FAILED_EVENTS) + ")"
 
 
 def group_key_sql(by: str) -> str:
@@ -155,10 +154,10 @@ def stats_sql(logs: Logs, by: str) -> str:
                sum(w) FILTER (WHERE slow) AS slow,
                min(ts) AS first, max(ts) AS last
         FROM (
-            SELECT event IS NULL AS junk, {raw}, coalesce(duration_ms, 0) AS d,
-                   {logs.weight_sql} AS w, status_code AS s, event IN {_FAILED} AS failed,
+            SELECT junk, {raw}, coalesce(duration_ms, 0) AS d,
+                   {logs.weight_sql} AS w, status_code AS s, is_failed AS failed,
                    slow IS TRUE AS slow, {logs.ts_sql} AS ts
-            FROM lines WHERE ({logs.access_sql}) OR event IS NULL
+            FROM lines WHERE ({logs.access_sql}) OR junk
         )
         GROUP BY junk, {groups}, d
     ), acc AS (
