@@ -552,3 +552,58 @@ def test_gzip_and_plain_inputs_give_the_same_figures(seed: int) -> None:
         with _engine.Logs([str(both)]) as logs:
             whole = _stats.compute(logs, "route")
     assert {r.key: r.as_dict() for r in split.rows} == {r.key: r.as_dict() for r in whole.rows}
+
+
+# top's figures --------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.5, 1.0, 1.5, 2.0, 7.25, 100.0, 3.0]),
+            st.sampled_from([None, 0.5, 0.25, 0.2, 0.1]),
+        ),
+        min_size=1,
+        max_size=80,
+    )
+)
+def test_top_percentiles_are_weighted_nearest_rank(rows: list[tuple[float, float | None]]) -> None:
+    from reqlog.cli._top import weighted_percentiles
+
+    lists: dict[float, list[float]] = {}
+    for d, rate in rows:
+        lists.setdefault(float(weight_of(rate)), []).append(d)
+    pairs = [(d, weight_of(rate)) for d, rate in rows]
+
+    got = weighted_percentiles(lists, (1, 50, 95, 99, 100))
+
+    assert got == [nearest_rank(pairs, Fraction(p, 100)) for p in (1, 50, 95, 99, 100)]
+
+
+def test_top_window_slides_with_the_clock() -> None:
+    from reqlog.cli._engine import Window
+    from reqlog.cli._top import State
+
+    now = [1000.0]
+    state = State(window_s=60, time_window=Window(), clock=lambda: now[0])
+    old = [access(f"{i:032x}", ts(0), "/a", 500, 100.0, route="/a") for i in range(10)]
+    state.add_lines([orjson.dumps(e) for e in old])
+    now[0] += 30
+    new = [access(f"{i:032x}", ts(0), "/a", 200, float(i), route="/a") for i in range(1, 31)]
+    state.add_lines([orjson.dumps(e) for e in new] + [b"banner", b'{"trunc'])
+
+    routes, overall, slowest, span = state.snapshot()
+    # 40 durations: 1..30 and ten of 100; the 20th is 20.
+    assert (routes[0].count, routes[0].rate_5xx, routes[0].p50, span) == (40, 0.25, 20.0, 30)
+    now[0] += 45  # the first second left the 60 s window
+    routes, overall, slowest, span = state.snapshot()
+    assert (routes[0].count, routes[0].rate_5xx, routes[0].p50, routes[0].p99, span) == (
+        30,
+        0.0,
+        15.0,
+        30.0,
+        60,
+    )
+    assert [s.duration for s in slowest] == [30.0, 29.0, 28.0, 27.0, 26.0, 25.0, 24.0, 23.0]
+    assert (state.lines, state.events, state.stats.malformed) == (42, 40, 1)

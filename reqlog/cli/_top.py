@@ -10,6 +10,7 @@ not delay the screen. Everything shown from the log is escaped, and given to Ric
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import threading
@@ -59,40 +60,86 @@ class RouteFigures:
     p99: float
 
 
-def weighted_percentiles(values: list[tuple[float, float]], ps: Sequence[int]) -> list[float]:
-    """Weighted nearest-rank percentiles of ``(duration, weight)`` pairs (the ``stats`` rule)."""
-    if not values:
+@dataclass(slots=True)
+class _Second:
+    """One route's access events that arrived within one second."""
+
+    durations: dict[float, list[float]] = field(default_factory=dict)  # weight -> durations
+    count: float = 0.0
+    c4: float = 0.0
+    c5: float = 0.0
+
+    def add(self, seen: Seen) -> None:
+        found = self.durations.get(seen.weight)
+        if found is None:
+            self.durations[seen.weight] = [seen.duration]
+        else:
+            found.append(seen.duration)
+        self.count += seen.weight
+        if seen.status >= 500 or seen.failed:
+            self.c5 += seen.weight
+        elif 400 <= seen.status < 500:
+            self.c4 += seen.weight
+
+
+def weighted_percentiles(lists: dict[float, list[float]], ps: Sequence[int]) -> list[float]:
+    """Weighted nearest-rank percentiles (the ``stats`` rule) of durations grouped by weight.
+
+    Each weight's durations are sorted on their own (a C sort of floats); the weighted rank of
+    a value is a few bisections, and a binary search per list finds the smallest value whose
+    rank reaches ``p / 100`` of the total weight.
+    """
+    ordered = [(w, sorted(values)) for w, values in lists.items() if values]
+    if not ordered:
         return [0.0 for _ in ps]
-    values.sort()
-    total = math.fsum(w for _, w in values)
-    out, cum, i = [], 0.0, 0
+    if len(ordered) == 1:
+        values = ordered[0][1]
+        n = len(values)
+        return [values[max((p * n + 99) // 100 - 1, 0)] for p in ps]
+    total = math.fsum(w * len(values) for w, values in ordered)
+
+    def rank(value: float) -> float:
+        return math.fsum(w * bisect.bisect_right(values, value) for w, values in ordered)
+
+    out = []
     for p in ps:
         target = p / 100 * total * (1 - 1e-12)
-        while i < len(values) and (cum < target or i == 0):
-            cum += values[i][1]
-            i += 1
-            # ties reach the rank together
-            while i < len(values) and values[i][0] == values[i - 1][0]:
-                cum += values[i][1]
-                i += 1
-        out.append(values[max(i - 1, 0)][0])
+        best = math.inf
+        for _, values in ordered:
+            lo, hi = 0, len(values)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if rank(values[mid]) >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            if lo < len(values):
+                best = min(best, values[lo])
+        out.append(best)
     return out
 
 
 @dataclass
 class State:
-    """What the reader thread collected; the lock guards every field."""
+    """What the reader thread collected, in one-second slots; the lock guards every field.
+
+    Keeping per-second, per-route lists (not every event) makes a redraw cheap: the window's
+    lists are joined and sorted as plain floats, counts are sums of 60 numbers.
+    """
 
     window_s: float
     time_window: Window
     clock: Callable[[], float] = time.monotonic
-    seen: deque[Seen] = field(default_factory=deque)
+    seconds: deque[tuple[int, dict[str, _Second], list[tuple[float, int, Seen]]]] = field(
+        default_factory=deque
+    )
     lines: int = 0
     events: int = 0
     ended: bool = False
     started: float = 0.0
     stats: ReadStats = field(default_factory=ReadStats)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _order: int = 0
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -115,10 +162,25 @@ class State:
                 seen = self._seen(event, now)
                 if seen is not None:
                     kept.append(seen)
+        second = int(now)
         with self.lock:
             self.lines += len(batch)
             self.events += events
-            self.seen.extend(kept)
+            if kept:
+                if not self.seconds or self.seconds[-1][0] != second:
+                    self.seconds.append((second, {}, []))
+                _, routes, slowest = self.seconds[-1]
+                for seen in kept:
+                    slot = routes.get(seen.key)
+                    if slot is None:
+                        slot = routes[seen.key] = _Second()
+                    slot.add(seen)
+                    self._order += 1
+                    item = (seen.duration, self._order, seen)
+                    if len(slowest) < SLOWEST:
+                        heapq.heappush(slowest, item)
+                    elif item > slowest[0]:
+                        heapq.heapreplace(slowest, item)
 
     def _seen(self, event: Event, now: float) -> Seen | None:
         window = self.time_window
@@ -152,27 +214,38 @@ class State:
         """Figures over the window: per route, overall, the slowest requests; window used."""
         now = self.clock()
         with self.lock:
-            cutoff = now - self.window_s
-            while self.seen and self.seen[0].arrived < cutoff:
-                self.seen.popleft()
-            items = list(self.seen)
+            oldest = int(now - self.window_s)
+            while self.seconds and self.seconds[0][0] < oldest:
+                self.seconds.popleft()
+            slots = list(self.seconds)
         span = max(min(self.window_s, now - self.started), 1.0)
-        groups: dict[str, list[Seen]] = {}
-        for item in items:
-            groups.setdefault(item.key, []).append(item)
-        routes = [_figures(key, group, span) for key, group in groups.items()]
-        routes.sort(key=lambda r: (-r.count, r.key))
-        overall = _figures("(all)", items, span) if items else None
-        slowest = heapq.nlargest(SLOWEST, items, key=lambda s: s.duration)
-        return routes, overall, slowest, span
+        merged: dict[str, _Second] = {}
+        everything = _Second()
+        for _, routes, _ in slots:
+            for key, slot in routes.items():
+                target = merged.get(key)
+                if target is None:
+                    target = merged[key] = _Second()
+                for into in (target, everything):
+                    into.count += slot.count
+                    into.c4 += slot.c4
+                    into.c5 += slot.c5
+                    for weight, values in slot.durations.items():
+                        into.durations.setdefault(weight, []).extend(values)
+        routes_out = [_figures(key, slot, span) for key, slot in merged.items()]
+        routes_out.sort(key=lambda r: (-r.count, r.key))
+        overall = _figures("(all)", everything, span) if merged else None
+        candidates = [item for _, _, slowest in slots for item in slowest]
+        slowest_out = [seen for _, _, seen in heapq.nlargest(SLOWEST, candidates)]
+        return routes_out, overall, slowest_out, span
 
 
-def _figures(key: str, items: Sequence[Seen], span: float) -> RouteFigures:
-    count = math.fsum(s.weight for s in items)
-    c4 = math.fsum(s.weight for s in items if 400 <= s.status < 500 and not s.failed)
-    c5 = math.fsum(s.weight for s in items if s.status >= 500 or s.failed)
-    p50, p95, p99 = weighted_percentiles([(s.duration, s.weight) for s in items], (50, 95, 99))
-    return RouteFigures(key, count, count / span, c4 / count, c5 / count, p50, p95, p99)
+def _figures(key: str, slot: _Second, span: float) -> RouteFigures:
+    count = slot.count or 1.0
+    p50, p95, p99 = weighted_percentiles(slot.durations, (50, 95, 99))
+    return RouteFigures(
+        key, slot.count, slot.count / span, slot.c4 / count, slot.c5 / count, p50, p95, p99
+    )
 
 
 def _ms(value: float) -> str:
