@@ -605,5 +605,7 @@ def test_top_window_slides_with_the_clock() -> None:
         30.0,
         60,
     )
+    assert overall is not None
+    assert (overall.key, overall.count, overall.p99) == ("(all)", 30, 30.0)
     assert [s.duration for s in slowest] == [30.0, 29.0, 28.0, 27.0, 26.0, 25.0, 24.0, 23.0]
     assert (state.lines, state.events, state.stats.malformed) == (42, 40, 1)
