@@ -408,6 +408,7 @@ class Logs:
         self.duckdb = require_duckdb()
         self.inputs = resolve(names)
         self.window = window or Window()
+        self._windowed = False
         # No progress bar: DuckDB draws one on stdout for long queries, into --json output.
         self.con: duckdb.DuckDBPyConnection = self.duckdb.connect()
         self.con.execute("SET enable_progress_bar = false")
@@ -419,6 +420,8 @@ class Logs:
     @property
     def access_sql(self) -> str:
         """The condition on a row of ``lines`` for an access event inside the time window."""
+        if self._windowed:
+            return "is_access"
         return f"is_access AND {self.window.sql(self.ts_sql)}"
 
     def __enter__(self) -> Logs:
@@ -507,11 +510,13 @@ class Logs:
         """
         listed = ", ".join(_q(c) for c in columns)
         self.con.execute(
-            f"CREATE TEMP TABLE kept AS SELECT {listed} FROM lines WHERE ({self.access_sql})"
-            " OR junk"
+            f"CREATE TEMP TABLE kept AS SELECT {listed}, {self.ts_sql} AS ts,"
+            f" {self.weight_sql} AS weight FROM lines WHERE ({self.access_sql}) OR junk"
             f" OR (exception IS NOT NULL AND {self.window.sql(self.ts_sql)})"
         )
         self.con.execute("CREATE OR REPLACE TEMP VIEW lines AS SELECT * FROM kept")
+        # The copy has the time parsed, the weight computed and the window applied.
+        self.ts_sql, self.weight_sql, self._windowed = "ts", "weight", True
 
     def skipped_lines(self) -> int:
         """How many lines are not events (text, malformed or truncated JSON): one more scan."""

@@ -26,9 +26,8 @@ MAX_BUCKETS = 240
 _MAX_SLOWEST = 10
 # The columns the report's queries read (stats, buckets, statuses, slowest, errors).
 _KEPT = (
-    "timestamp", "event", "logger", "method", "route", "path", "status_code", "duration_ms",
-    "sample_rate", "slow", "request_id", "error_type", "error_message", "exception", "is_access",
-    "junk", "is_failed",
+    "event", "method", "route", "path", "status_code", "duration_ms", "slow", "request_id",
+    "error_type", "error_message", "exception", "is_access", "junk", "is_failed",
 )  # fmt: skip
 
 
