@@ -442,12 +442,19 @@ def test_trace_finds_events_before_and_after_the_access_event(
         ["errors", "--json"],
         ["sql", "--format", "json", "SELECT count(*) AS n FROM requests"],
         ["view", "--json"],
+        ["report", "-o", "-"],
+        ["trace", "f" * 8, "--json"],
+        ["diff", "--at", ts(240)[:19], "--json"],
     ],
 )
 def test_since_and_until_bound_every_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
     events = [access(f"{i:032x}", ts(i * 60), f"/{i}", 500, 1.0, route="/r") for i in range(10)]
+    # trace: one request's events across the whole time span
+    events += [
+        {"event": "step", "timestamp": ts(i * 60 + 1), "request_id": "f" * 32} for i in range(10)
+    ]
     log = write_log(tmp_path / "app.log", events)
 
     status, out, err = run(
@@ -461,8 +468,19 @@ def test_since_and_until_bound_every_command(
         assert orjson.loads(out)["failures"] == 3.0
     elif command[0] == "sql":
         assert orjson.loads(out) == {"n": 3}
+    elif command[0] == "report":
+        assert "3 access events from" in out
+    elif command[0] == "trace":
+        assert [e["timestamp"] for e in map(orjson.loads, out.splitlines())] == [
+            ts(121),
+            ts(181),
+            ts(241),
+        ]
+    elif command[0] == "diff":
+        sides = orjson.loads(out)["routes"][0]
+        assert (sides["before"]["events"], sides["after"]["events"]) == (2, 1)
     else:
-        assert len(out.splitlines()) == 3
+        assert len(out.splitlines()) == 6
 
 
 def test_sql_views_unify_schemas_and_keep_the_whole_event(
@@ -609,3 +627,18 @@ def test_top_window_slides_with_the_clock() -> None:
     assert (overall.key, overall.count, overall.p99) == ("(all)", 30, 30.0)
     assert [s.duration for s in slowest] == [30.0, 29.0, 28.0, 27.0, 26.0, 25.0, 24.0, 23.0]
     assert (state.lines, state.events, state.stats.malformed) == (42, 40, 1)
+
+
+def test_quoted_globs_are_read_and_a_glob_matching_nothing_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = generated(seed=5, n=40)
+    write_log(tmp_path / "web-1.jsonl", events[:20])
+    write_log(tmp_path / "web-2.jsonl", events[20:])
+
+    status, out, _ = run(["stats", str(tmp_path / "web-*.jsonl"), "--json"], capsys)
+
+    assert (status, orjson.loads(out)["access_events"]) == (0, 40)
+    status, out, err = run(["stats", str(tmp_path / "nothing-*.jsonl")], capsys)
+    assert (status, out) == (1, "")
+    assert err.startswith("reqlog stats: IO Error: No files found that match the pattern")

@@ -90,6 +90,27 @@ def _threads(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """A subcommand's parser that takes options between its positionals.
+
+    ``reqlog trace ID --json app.log``: plain argparse ends ``FILE...`` at the first option
+    and refuses the file after it; the standard library's intermixed parsing accepts it.
+    """
+
+    _inside = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from ._stats import GROUPINGS, SORT_KEYS
@@ -100,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Intermixed
+    )
 
     view = commands.add_parser(
         "view", help="pretty-print events, filtered, optionally following a file"
@@ -253,12 +276,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "view":
+        return _run_view(parser, args)
+    if args.command == "top":
+        return _run_engine(parser, args)
+    from ._engine import require_duckdb
+    from ._safe import escape
+
+    duckdb = require_duckdb()
+    try:
+        return _run_engine(parser, args)
+    except duckdb.Error as exc:
+        # A glob matching no file, a file DuckDB cannot read: said once, as DuckDB says it.
+        print(f"reqlog {args.command}: {escape(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _run_engine(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ._engine import Window
 
     out, err = sys.stdout, sys.stderr
     window = Window(args.since, args.until)
-    if args.command == "view":
-        return _run_view(parser, args)
     if args.command == "top":
         from . import _top
 
