@@ -642,3 +642,40 @@ def test_quoted_globs_are_read_and_a_glob_matching_nothing_is_reported(
     status, out, err = run(["stats", str(tmp_path / "nothing-*.jsonl")], capsys)
     assert (status, out) == (1, "")
     assert err.startswith("reqlog stats: IO Error: No files found that match the pattern")
+
+
+@pytest.mark.parametrize("command", ["stats", "report"])
+def test_a_schema_change_after_the_first_lines_is_still_read(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """Files are read with the schemas of their first lines; a later line in another schema
+    is noticed and the file is read again with every schema's names."""
+    from reqlog.cli import _engine
+    from reqlog.schemas import ECSSchema, OTelSchema
+
+    monkeypatch.setattr(_engine, "SNIFF_BYTES", 2000)
+    flat = [access(f"{i:032x}", ts(i), "/a", 200, 1.0, route="/a") for i in range(20)]
+    later = access("e" * 32, ts(30), "/a", 503, 9.0, route="/a")
+    log = write_log(
+        tmp_path / "app.log",
+        [*flat, ECSSchema()(None, "error", dict(later)), OTelSchema()(None, "error", dict(later))],
+    )
+    assert _engine.resolve([str(log)]).sources[0].schemas == frozenset()
+
+    if command == "stats":
+        status, out, err = run(["stats", str(log), "--json"], capsys)
+        total = orjson.loads(out)["total"]
+        assert (status, err, total["count"], total["max_ms"], total["rate_5xx"]) == (
+            0,
+            "",
+            22.0,
+            9.0,
+            round(2 / 22, 4),
+        )
+    else:
+        status, out, err = run(["report", str(log), "-o", "-"], capsys)
+        assert (status, err) == (0, "")
+        assert "22 access events from" in out

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -71,14 +72,36 @@ FIELDS: Mapping[str, str] = {
 _UNITS: Mapping[str, str] = {"event.duration": "{} / 1e6"}
 
 
-def _aliases(flat: str) -> list[str]:
-    """The other names of a flat field: the ECS name, then the OTel name (from reqlog.schemas)."""
+SCHEMA_MAPS: Mapping[str, Mapping[str, str]] = {"ecs": ECS_FIELDS, "otel": OTEL_FIELDS}
+ALL_SCHEMAS = frozenset(SCHEMA_MAPS)
+
+
+def _aliases(flat: str, schemas: frozenset[str] = ALL_SCHEMAS) -> list[str]:
+    """The other names of a flat field in *schemas*: ECS, then OTel (from reqlog.schemas)."""
     names = []
-    for mapping in (ECS_FIELDS, OTEL_FIELDS):
-        name = mapping.get(flat)
+    for schema in ("ecs", "otel"):
+        name = SCHEMA_MAPS[schema].get(flat) if schema in schemas else None
         if name and name != flat and name not in names:
             names.append(name)
     return names
+
+
+# A line of a schema the plan leaves out is noticed by one of these names, which the
+# schema's access events always carry (ECS: the time; OTel: what identifies a request).
+_MARKERS: Mapping[str, tuple[str, ...]] = {
+    "ecs": (ECS_FIELDS["timestamp"],),
+    "otel": (OTEL_FIELDS["method"], OTEL_FIELDS["route"], OTEL_FIELDS["path"]),
+}
+
+
+def sniff(head: bytes) -> frozenset[str]:
+    """The schemas other than flat whose names appear as keys in the first bytes of a log."""
+    return frozenset(
+        schema
+        for schema, mapping in SCHEMA_MAPS.items()
+        if any(f'"{name}":'.encode() in head for name in (*mapping.values(), *_MARKERS[schema]))
+        and any(f'"{name}":'.encode() in head for name in _MARKERS[schema])
+    )
 
 
 def _q(name: str) -> str:
@@ -126,20 +149,30 @@ _GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "-"
 
 
+SNIFF_BYTES = 256 << 10
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file (or a glob for DuckDB to expand), its compression and the schemas it holds."""
+
+    path: str
+    compression: str
+    schemas: frozenset[str] = ALL_SCHEMAS
+
+
 @dataclass
 class Inputs:
-    """The files to read, by compression, and what went wrong finding them."""
+    """The files to read and what went wrong finding them."""
 
-    plain: list[str] = field(default_factory=list)
-    gzip: list[str] = field(default_factory=list)
-    globs: list[str] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     temporary: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         """True when there is nothing to read."""
-        return not (self.plain or self.gzip or self.globs)
+        return not self.sources
 
     def cleanup(self) -> None:
         """Remove the copy of standard input, if one was made."""
@@ -163,34 +196,43 @@ def _reason(exc: OSError) -> str:
 
 
 def resolve(names: Sequence[str]) -> Inputs:
-    """Sort the inputs by compression (sniffed from content) and report missing ones.
+    """Each input's compression (from its content) and schemas (from its first lines).
 
     A name holding ``*``, ``?`` or ``[`` that is not an existing file is a glob for DuckDB to
-    expand (``'logs/*.jsonl.gz'``; compression then follows the file name). Standard input
-    (no name, or ``-``) is copied to a temporary file: DuckDB reads a file more than once.
+    expand (``'logs/*.jsonl.gz'``; compression then follows the file names, and every schema
+    is read). Standard input (no name, or ``-``) is copied to a temporary file: DuckDB reads
+    its input more than once.
     """
     inputs = Inputs()
     for name in names or [STDIN]:
+        path = name
         if name == STDIN:
             path = _spool_stdin()
             inputs.temporary.append(path)
-            inputs.plain.append(path) if not _is_gzip(path) else inputs.gzip.append(path)
-            continue
-        if not os.path.exists(name) and any(c in name for c in "*?["):
-            inputs.globs.append(name)
+        elif not os.path.exists(name) and any(c in name for c in "*?["):
+            inputs.sources.append(Source(name, "auto"))
             continue
         try:
-            gz = _is_gzip(name)
+            with open(path, "rb") as fh:
+                gz = fh.read(2) == _GZIP_MAGIC
+            head = _head(path, gz)
         except OSError as exc:
             inputs.problems.append(f"{name}: {_reason(exc)}")
             continue
-        (inputs.gzip if gz else inputs.plain).append(name)
+        inputs.sources.append(Source(path, "gzip" if gz else "none", sniff(head)))
     return inputs
 
 
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == _GZIP_MAGIC
+def _head(path: str, gz: bool) -> bytes:
+    """The first bytes of a file, decompressed; what a damaged gzip stream gave."""
+    if not gz:
+        with open(path, "rb") as fh:
+            return fh.read(SNIFF_BYTES)
+    with gzip.open(path, "rb") as fh:
+        try:
+            return fh.read(SNIFF_BYTES)
+        except (EOFError, OSError, zlib.error):
+            return b""
 
 
 def _spool_stdin() -> str:
@@ -198,18 +240,6 @@ def _spool_stdin() -> str:
     with os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
     return path
-
-
-def salvage_gzip(path: str, inputs: Inputs) -> str:
-    """Decompress what can be read of a damaged gzip file into a temporary plain file."""
-    fd, out_path = tempfile.mkstemp(prefix="reqlog-gz-", suffix=".jsonl")
-    inputs.temporary.append(out_path)
-    with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
-        try:
-            shutil.copyfileobj(src, out, 1 << 20)
-        except (EOFError, OSError):
-            inputs.problems.append(f"{path}: gzip stream is damaged; read what was there")
-    return out_path
 
 
 # SQL -----------------------------------------------------------------------------------------
@@ -231,6 +261,8 @@ class _Plan:
     expressions: dict[str, str]
     options: dict[str, list[str]]
     guarded: frozenset[str]
+    #: True for a line of a schema the plan leaves out (then the full plan is needed).
+    alien: str
 
     def in_sql(self, flat: str, values: Sequence[str]) -> str:
         """``unified(flat) IN values``, written so that the common case is one cheap test.
@@ -266,7 +298,7 @@ class _Plan:
         return " AND ".join(tests)
 
 
-def _typed_plan() -> _Plan:
+def _typed_plan(schemas: frozenset[str] = ALL_SCHEMAS) -> _Plan:
     """Raw columns for ``read_json(columns=...)`` and one expression per unified column.
 
     Every flat name is a column; every ECS/OTel name is read as a dotted top-level key (OTel,
@@ -276,9 +308,12 @@ def _typed_plan() -> _Plan:
     """
     columns: dict[str, str] = {}
     trees: dict[str, dict[str, Any]] = {}
-    aliases = {flat: _aliases(flat) for flat in FIELDS}
+    aliases = {flat: _aliases(flat, schemas) for flat in FIELDS}
     for flat, kind in FIELDS.items():
         columns[flat] = kind
+    markers = [name for schema in sorted(ALL_SCHEMAS - schemas) for name in _MARKERS[schema]]
+    for name in markers:
+        columns.setdefault(name, "VARCHAR")
     for flat, names in aliases.items():
         for name in names:
             kind = "DOUBLE" if name in _UNITS else FIELDS[flat]
@@ -317,7 +352,8 @@ def _typed_plan() -> _Plan:
                 nested = ".".join(_q(p) for p in [root, *rest])
             options.append(unit.format(nested))
         expressions[flat] = options[0] if len(options) == 1 else f"coalesce({', '.join(options)})"
-    return _Plan(columns, expressions, all_options, frozenset(guarded))
+    alien = " OR ".join(f"{_q(name)} IS NOT NULL" for name in markers) or "false"
+    return _Plan(columns, expressions, all_options, frozenset(guarded), f"({alien})")
 
 
 def _json_plan() -> dict[str, str]:
@@ -403,12 +439,19 @@ class Logs:
     weight_sql = _weight("sample_rate")
 
     def __init__(
-        self, names: Sequence[str], window: Window | None = None, *, threads: int | None = None
+        self,
+        names: Sequence[str],
+        window: Window | None = None,
+        *,
+        threads: int | None = None,
+        fast: bool = False,
     ) -> None:
         self.duckdb = require_duckdb()
         self.inputs = resolve(names)
         self.window = window or Window()
         self._windowed = False
+        #: Read each file with only the schemas found in its first lines (stats, report).
+        self.fast = fast
         # No progress bar: DuckDB draws one on stdout for long queries, into --json output.
         self.con: duckdb.DuckDBPyConnection = self.duckdb.connect()
         self.con.execute("SET enable_progress_bar = false")
@@ -440,67 +483,96 @@ class Logs:
         """Inputs that could not be read (one line each)."""
         return self.inputs.problems
 
-    def _sources(self, reader: str, options: str) -> str:
-        """``reader(files, options)`` for each compression, joined with ``UNION ALL``."""
+    def _groups(self) -> dict[tuple[str, frozenset[str]], list[str]]:
+        """Files by compression and by the schemas read from them (one reader call each)."""
+        groups: dict[tuple[str, frozenset[str]], list[str]] = {}
+        for source in self.inputs.sources:
+            schemas = source.schemas if self.fast else ALL_SCHEMAS
+            groups.setdefault((source.compression, schemas), []).append(source.path)
+        return groups
+
+    @staticmethod
+    def _reader(reader: str, files: Sequence[str], compression: str, options: str) -> str:
+        listed = "[" + ", ".join(_lit(f) for f in files) + "]"
+        return (
+            f"SELECT * FROM {reader}({listed}, format='newline_delimited',"
+            f" ignore_errors=true, compression={_lit(compression)}{options})"
+        )
+
+    def _lines_sql(self) -> str:
+        """Every line DuckDB saw (blank lines aside), unified; non-events have no event.
+
+        Each group of files is read with the plan of its schemas, all giving the same columns.
+        """
         parts = []
-        for files, compression in (
-            (self.inputs.plain, "none"),
-            (self.inputs.gzip, "gzip"),
-            (self.inputs.globs, "auto"),
-        ):
-            if files:
-                listed = "[" + ", ".join(_lit(f) for f in files) + "]"
-                parts.append(
-                    f"SELECT * FROM {reader}({listed}, format='newline_delimited',"
-                    f" ignore_errors=true, compression={_lit(compression)}{options})"
-                )
+        for (compression, schemas), files in self._groups().items():
+            plan = _typed_plan(schemas)
+            columns = "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in plan.columns.items())
+            source = self._reader("read_json", files, compression, f", columns={columns}}}")
+            parts.append(f"SELECT {self._unified(plan)} FROM ({source})")
         if not parts:
-            parts.append(f"SELECT * FROM {reader}([], format='newline_delimited'{options})")
+            plan = _typed_plan()
+            empty = ", ".join(f"NULL::{kind} AS {_q(k)}" for k, kind in plan.columns.items())
+            parts.append(f"SELECT {self._unified(plan)} FROM (SELECT {empty} WHERE false)")
         return " UNION ALL ".join(parts)
 
-    def _define(self) -> None:
-        plan = _typed_plan()
-        columns = "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in plan.columns.items()) + "}"
-        if self.inputs.empty:
-            empty = ", ".join(f"NULL::{kind} AS {_q(k)}" for k, kind in plan.columns.items())
-            typed_source = f"SELECT {empty} WHERE false"
-            objects_source = "SELECT NULL::JSON AS json WHERE false"
-        else:
-            typed_source = self._sources("read_json", f", columns={columns}")
-            objects_source = self._sources("read_json_objects", "")
+    @staticmethod
+    def _unified(plan: _Plan) -> str:
         unified = ", ".join(f"{expr} AS {_q(name)}" for name, expr in plan.expressions.items())
-        # lines: every line DuckDB saw (blank lines aside), unified; non-events have no event.
         access = (
             f"({plan.in_sql('event', ACCESS_EVENTS)} AND {plan.in_sql('logger', [ACCESS_LOGGER])})"
         )
         failed = plan.in_sql("event", FAILED_EVENTS)
-        self.con.execute(
-            f"CREATE TEMP VIEW lines AS SELECT {unified}, coalesce({access}, false) AS is_access,"
-            f" {plan.null_sql('event')} AS junk, coalesce({failed}, false) AS is_failed"
-            f" FROM ({typed_source})"
+        return (
+            f"{unified}, coalesce({access}, false) AS is_access,"
+            f" {plan.null_sql('event')} AS junk, coalesce({failed}, false) AS is_failed,"
+            f" {plan.alien} AS alien"
         )
+
+    def _objects(self) -> str:
+        parts = [
+            self._reader("read_json_objects", files, compression, "")
+            for (compression, _), files in self._groups().items()
+        ]
+        return " UNION ALL ".join(parts) or "SELECT NULL::JSON AS json WHERE false"
+
+    def _define(self) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW lines AS {self._lines_sql()}")
         self.con.execute(
-            f"CREATE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts,"
-            " * EXCLUDE (is_access, junk, is_failed),"
+            f"CREATE OR REPLACE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts,"
+            " * EXCLUDE (is_access, junk, is_failed, alien),"
             f" {self.weight_sql} AS weight FROM lines WHERE {self.access_sql}"
         )
         json_plan = _json_plan()
         paths = json_plan.pop("__paths__")
         extracted = ", ".join(f"{expr} AS {_q(name)}" for name, expr in json_plan.items())
         self.con.execute(
-            "CREATE TEMP VIEW events AS SELECT TRY_CAST(timestamp AS TIMESTAMPTZ) AS ts, *,"
+            "CREATE OR REPLACE TEMP VIEW events AS"
+            " SELECT TRY_CAST(timestamp AS TIMESTAMPTZ) AS ts, *,"
             f" {_is_access('event', 'logger')} AS access FROM ("
             f" SELECT {extracted}, json FROM ("
-            f"  SELECT json, json_extract_string(json, {paths}) AS __v FROM ({objects_source})"
+            f"  SELECT json, json_extract_string(json, {paths}) AS __v FROM ({self._objects()})"
             "   WHERE json_type(json) = 'OBJECT'))"
             f" WHERE event IS NOT NULL AND {self.window.sql(self.ts_sql)}"
         )
 
+    @property
+    def narrowed(self) -> bool:
+        """True when some file is read without every schema's names (see :meth:`widen`)."""
+        return self.fast and any(s.schemas != ALL_SCHEMAS for s in self.inputs.sources)
+
+    def widen(self) -> None:
+        """Read every file with every schema's names, from now on.
+
+        A file's schemas are guessed from its first 256 KiB; a line further on in another
+        schema is noticed (``alien``) and the command asks again with this.
+        """
+        self.fast = False
+        self._define()
+
     def objects_sql(self) -> str:
         """Every line that is a JSON value, as ``json`` (DuckDB's ``read_json_objects``)."""
-        if self.inputs.empty:
-            return "SELECT NULL::JSON AS json WHERE false"
-        return self._sources("read_json_objects", "")
+        return self._objects()
 
     def materialize(self, columns: Sequence[str]) -> None:
         """Read the input once into memory for several queries: ``lines`` then reads the copy.
@@ -509,11 +581,15 @@ class Logs:
         exception, and of the lines that are not events (to count them).
         """
         listed = ", ".join(_q(c) for c in columns)
-        self.con.execute(
-            f"CREATE TEMP TABLE kept AS SELECT {listed}, {self.ts_sql} AS ts,"
-            f" {self.weight_sql} AS weight FROM lines WHERE ({self.access_sql}) OR junk"
+        select = (
+            f"SELECT {listed}, {self.ts_sql} AS ts, {self.weight_sql} AS weight, alien FROM lines"
+            f" WHERE ({self.access_sql}) OR junk OR alien"
             f" OR (exception IS NOT NULL AND {self.window.sql(self.ts_sql)})"
         )
+        self.con.execute(f"CREATE TEMP TABLE kept AS {select}")
+        if self.narrowed and self.query("SELECT count(*) FROM kept WHERE alien")[0][0]:
+            self.widen()
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE kept AS {select}")
         self.con.execute("CREATE OR REPLACE TEMP VIEW lines AS SELECT * FROM kept")
         # The copy has the time parsed, the weight computed and the window applied.
         self.ts_sql, self.weight_sql, self._windowed = "ts", "weight", True

@@ -504,7 +504,7 @@ def run(
     err: TextIO,
 ) -> int:
     """The ``report`` command."""
-    with Logs(names, window, threads=threads) as logs:
+    with Logs(names, window, threads=threads, fast=True) as logs:
         for problem in logs.problems:
             print(f"reqlog: {safe(problem)}", file=err)
         data = collect(logs)

@@ -110,24 +110,23 @@ class Result:
         return self.total.events if self.total else 0
 
 
-# The raw columns each grouping groups by (cheaper to hash than a built string), and the key
-# shown, built once per group from them.
-_WS = "starts_with(event, 'websocket')"
+# The columns each grouping groups by (cheaper to hash than a built string), and the key
+# shown, built once per group from them. A WebSocket has no method: it is shown as WS.
+_METHOD_OR_WS = "coalesce(method, CASE WHEN starts_with(event, 'websocket') THEN 'WS' END)"
 _GROUP_COLUMNS = {
-    "route": ("method", _WS, "route"),
-    "path": ("method", _WS, "path"),
+    "route": (_METHOD_OR_WS, "route"),
+    "path": (_METHOD_OR_WS, "path"),
     "status": ("status_code",),
     "user": ("user_id",),
-    "method": ("method", _WS),
+    "method": (_METHOD_OR_WS,),
     "service": ("service",),
 }
 _GROUP_KEYS = {
-    "route": f"coalesce(g0, CASE WHEN g1 THEN 'WS' END, '-') || ' '"
-    f" || coalesce(nullif(g2, ''), '{NO_ROUTE}')",
-    "path": "coalesce(g0, CASE WHEN g1 THEN 'WS' END, '-') || ' ' || coalesce(nullif(g2, ''), '-')",
+    "route": f"coalesce(g0, '-') || ' ' || coalesce(nullif(g1, ''), '{NO_ROUTE}')",
+    "path": "coalesce(g0, '-') || ' ' || coalesce(nullif(g1, ''), '-')",
     "status": "coalesce(CAST(g0 AS VARCHAR), '-')",
     "user": f"coalesce(g0, '{ANONYMOUS}')",
-    "method": "coalesce(g0, CASE WHEN g1 THEN 'WS' END, '-')",
+    "method": "coalesce(g0, '-')",
     "service": "coalesce(g0, '-')",
 }
 
@@ -148,20 +147,20 @@ def stats_sql(logs: Logs, by: str) -> str:
     picks = ", ".join(f"coalesce(pg.p{p}, pa.p{p}) AS p{p}" for p in PERCENTILES)
     return f"""
     WITH hist AS (
-        SELECT junk, {groups}, d, sum(w) AS w, count(*) AS n,
+        SELECT junk, alien, {groups}, d, sum(w) AS w, count(*) AS n,
                sum(w) FILTER (WHERE s BETWEEN 400 AND 499) AS c4,
                sum(w) FILTER (WHERE s >= 500 OR failed) AS c5,
                sum(w) FILTER (WHERE slow) AS slow,
                min(ts) AS first, max(ts) AS last
         FROM (
-            SELECT junk, {raw}, coalesce(duration_ms, 0) AS d,
+            SELECT junk, alien, {raw}, coalesce(duration_ms, 0) AS d,
                    {logs.weight_sql} AS w, status_code AS s, is_failed AS failed,
                    slow IS TRUE AS slow, {logs.ts_sql} AS ts
-            FROM lines WHERE ({logs.access_sql}) OR junk
+            FROM lines WHERE ({logs.access_sql}) OR junk OR alien
         )
-        GROUP BY junk, {groups}, d
+        GROUP BY junk, alien, {groups}, d
     ), acc AS (
-        SELECT {_GROUP_KEYS[by]} AS key, * FROM hist WHERE NOT junk
+        SELECT {_GROUP_KEYS[by]} AS key, * FROM hist WHERE NOT junk AND NOT alien
     ), pg AS (
         SELECT key, {pcts} FROM (
             SELECT key, d, sum(w) OVER (PARTITION BY key ORDER BY d) AS cum,
@@ -179,15 +178,22 @@ def stats_sql(logs: Logs, by: str) -> str:
                min(first) AS first, max(last) AS last
         FROM acc GROUP BY GROUPING SETS ((key), ())
     )
-    SELECT agg.*, {picks}, coalesce((SELECT sum(n) FROM hist WHERE junk), 0) AS skipped
+    SELECT agg.*, {picks}, coalesce((SELECT sum(n) FROM hist WHERE junk), 0) AS skipped,
+           coalesce((SELECT sum(n) FROM hist WHERE alien), 0) AS alien
     FROM agg LEFT JOIN pg ON NOT agg.is_total AND pg.key = agg.key
     LEFT JOIN pa ON agg.is_total
     """
 
 
+_ALIENS = "SELECT count(*) FROM lines WHERE alien"
+
+
 def compute(logs: Logs, by: str) -> Result:
     """Run the statement and turn its rows into :class:`Row` figures."""
     raw = list(logs.rows(stats_sql(logs, by)))
+    if logs.narrowed and (raw[0]["alien"] if raw else logs.query(_ALIENS)[0][0]):
+        logs.widen()  # a line in a schema the first lines did not show: read every name
+        raw = list(logs.rows(stats_sql(logs, by)))
     skipped = logs.skipped_lines() if not raw else int(raw[0]["skipped"])
     total_raw = next((r for r in raw if r["is_total"]), None)
     first = epoch_seconds(total_raw["first"]) if total_raw else None
@@ -311,7 +317,7 @@ def run(
     """The ``stats`` command; returns the exit status."""
     import orjson
 
-    with Logs(names, window, threads=threads) as logs:
+    with Logs(names, window, threads=threads, fast=True) as logs:
         for problem in logs.problems:
             print(f"reqlog: {safe(problem)}", file=err)
         result = compute(logs, by)
