@@ -13,7 +13,7 @@ quantiles. What is reqlog's own lives here, as SQL built once per run:
 
 Two views are defined on a connection: ``requests`` (access events, typed columns, read with
 an explicit column list so DuckDB parses only what it needs) and ``events`` (every event, the
-same columns plus ``json``, the whole event, for anything else).
+same columns plus ``json``, the whole event, for anything else; defined only for ``sql``).
 """
 
 from __future__ import annotations
@@ -445,6 +445,7 @@ class Logs:
         *,
         threads: int | None = None,
         fast: bool = False,
+        events: bool = False,
     ) -> None:
         self.duckdb = require_duckdb()
         self.inputs = resolve(names)
@@ -452,6 +453,8 @@ class Logs:
         self._windowed = False
         #: Read each file with only the schemas found in its first lines (stats, report).
         self.fast = fast
+        #: Define the ``events`` view too (``sql``; binding it costs a few tens of ms).
+        self.with_events = events
         # No progress bar: DuckDB draws one on stdout for long queries, into --json output.
         self.con: duckdb.DuckDBPyConnection = self.duckdb.connect()
         self.con.execute("SET enable_progress_bar = false")
@@ -543,6 +546,8 @@ class Logs:
             " * EXCLUDE (is_access, junk, is_failed, alien),"
             f" {self.weight_sql} AS weight FROM lines WHERE {self.access_sql}"
         )
+        if not self.with_events:
+            return
         json_plan = _json_plan()
         paths = json_plan.pop("__paths__")
         extracted = ", ".join(f"{expr} AS {_q(name)}" for name, expr in json_plan.items())
