@@ -679,3 +679,13 @@ def test_a_schema_change_after_the_first_lines_is_still_read(
         status, out, err = run(["report", str(log), "-o", "-"], capsys)
         assert (status, err) == (0, "")
         assert "22 access events from" in out
+
+
+def test_the_install_hint_names_the_distribution_in_pyproject() -> None:
+    """The name comes from the installed metadata, so a rename of the distribution follows."""
+    import tomllib
+
+    from reqlog.cli._engine import distribution_name
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert distribution_name() == pyproject["project"]["name"]

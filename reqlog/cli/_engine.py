@@ -18,6 +18,7 @@ same columns plus ``json``, the whole event, for anything else; defined only for
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import os
@@ -95,12 +96,11 @@ _MARKERS: Mapping[str, tuple[str, ...]] = {
 
 
 def sniff(head: bytes) -> frozenset[str]:
-    """The schemas other than flat whose names appear as keys in the first bytes of a log."""
+    """The schemas other than flat whose marker names appear as keys in a log's first bytes."""
     return frozenset(
         schema
-        for schema, mapping in SCHEMA_MAPS.items()
-        if any(f'"{name}":'.encode() in head for name in (*mapping.values(), *_MARKERS[schema]))
-        and any(f'"{name}":'.encode() in head for name in _MARKERS[schema])
+        for schema, markers in _MARKERS.items()
+        if any(f'"{name}":'.encode() in head for name in markers)
     )
 
 
@@ -177,17 +177,9 @@ class Inputs:
     def cleanup(self) -> None:
         """Remove the copy of standard input, if one was made."""
         for path in self.temporary:
-            with _suppress_os_error():
+            with contextlib.suppress(OSError):
                 os.unlink(path)
         self.temporary.clear()
-
-
-class _suppress_os_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return isinstance(value, OSError)
 
 
 def _reason(exc: OSError) -> str:
