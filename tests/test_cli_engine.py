@@ -689,3 +689,28 @@ def test_the_install_hint_names_the_distribution_in_pyproject() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert distribution_name() == pyproject["project"]["name"]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_stats_reads_standard_input(compress: bool) -> None:
+    """``kubectl logs ... | reqlog stats``: stdin, plain or gzip, copied for DuckDB and removed."""
+    import gzip
+    import subprocess
+    import tempfile
+
+    events = generated(seed=9, n=30)
+    data = b"".join(orjson.dumps(e) + b"\n" for e in events)
+    before = set(Path(tempfile.gettempdir()).glob("reqlog-stdin-*"))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "reqlog", "stats", "--json"],
+        input=gzip.compress(data) if compress else data,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    doc = orjson.loads(result.stdout)
+    assert doc["total"] == {**expected_stats(events)["(all)"], "key": "(all)"}
+    assert set(Path(tempfile.gettempdir()).glob("reqlog-stdin-*")) == before

@@ -279,6 +279,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "view":
         return _run_view(parser, args)
     if args.command == "top":
+        if _in_main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)  # leave the terminal as it was
         return _run_engine(parser, args)
     from ._engine import require_duckdb
     from ._safe import escape

@@ -270,7 +270,8 @@ def render(state: State, rows: int) -> RenderableType:
         f"reqlog top: {lines:,} lines, {events:,} events read;"
         f" last {span:.0f} s of access events"
         + (f"; {skipped:,} malformed lines skipped" if skipped else "")
-        + ("; input ended" if ended else ""),
+        + ("; input ended" if ended else "")
+        + "".join(f"; {escape(problem)}" for problem in state.stats.problems[-2:]),
         style="bold",
     )
     table = Table(expand=False, pad_edge=False, box=None, header_style="bold")
