@@ -714,3 +714,49 @@ def test_stats_reads_standard_input(compress: bool) -> None:
     doc = orjson.loads(result.stdout)
     assert doc["total"] == {**expected_stats(events)["(all)"], "key": "(all)"}
     assert set(Path(tempfile.gettempdir()).glob("reqlog-stdin-*")) == before
+
+
+@pytest.mark.parametrize("by", ["route", "path", "status", "user", "method", "service"])
+def test_stats_groupings_match_an_independent_computation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], by: str
+) -> None:
+    events = generated(seed=4, n=200)
+    rnd = random.Random(4)
+    for e in events:
+        if rnd.random() < 0.5:
+            e["user_id"] = f"u{rnd.randint(1, 4)}"
+        if rnd.random() < 0.5:
+            e["service"] = rnd.choice(["orders", "billing"])
+    ws = {
+        "event": "websocket_closed", "level": "info", "timestamp": ts(1), "logger": "reqlog.access",
+        "path": "/ws", "route": "/ws", "duration_ms": 50.0, "close_code": 1000,
+    }  # fmt: skip
+    log = write_log(tmp_path / "app.log", [*events, ws])
+
+    status, out, err = run(["stats", str(log), "--json", "--by", by], capsys)
+
+    assert status == 0, err
+
+    def key(e: dict[str, Any]) -> str:
+        method = e.get("method") or "WS"
+        return {
+            "route": f"{method} {e.get('route') or '(no route)'}",
+            "path": f"{method} {e.get('path') or '-'}",
+            "status": str(e["status_code"]) if e.get("status_code") is not None else "-",
+            "user": e.get("user_id") or "(anonymous)",
+            "method": method,
+            "service": e.get("service") or "-",
+        }[by]
+
+    groups: dict[str, list[tuple[float, Fraction]]] = {}
+    for e in [*events, ws]:
+        groups.setdefault(key(e), []).append((e["duration_ms"], weight_of(e.get("sample_rate"))))
+    got = {g["key"]: (g["count"], g["p50_ms"], g["p99_ms"]) for g in orjson.loads(out)["groups"]}
+    assert got == {
+        k: (
+            round(float(sum((w for _, w in v), Fraction(0))), 1),
+            nearest_rank(v, Fraction(1, 2)),
+            nearest_rank(v, Fraction(99, 100)),
+        )
+        for k, v in groups.items()
+    }

@@ -110,24 +110,25 @@ class Result:
         return self.total.events if self.total else 0
 
 
-# The columns each grouping groups by (cheaper to hash than a built string), and the key
-# shown, built once per group from them. A WebSocket has no method: it is shown as WS.
-_METHOD_OR_WS = "coalesce(method, CASE WHEN starts_with(event, 'websocket') THEN 'WS' END)"
+# The columns each grouping groups by, each already as shown (``-`` for a missing method, a
+# WebSocket's method is WS): hashing and partitioning by them is cheaper than by one built
+# string, which is made once per group at the end.
+_METHOD_OR_WS = "coalesce(method, CASE WHEN starts_with(event, 'websocket') THEN 'WS' END, '-')"
 _GROUP_COLUMNS = {
-    "route": (_METHOD_OR_WS, "route"),
-    "path": (_METHOD_OR_WS, "path"),
+    "route": (_METHOD_OR_WS, f"coalesce(nullif(route, ''), '{NO_ROUTE}')"),
+    "path": (_METHOD_OR_WS, "coalesce(nullif(path, ''), '-')"),
     "status": ("status_code",),
     "user": ("user_id",),
     "method": (_METHOD_OR_WS,),
     "service": ("service",),
 }
 _GROUP_KEYS = {
-    "route": f"coalesce(g0, '-') || ' ' || coalesce(nullif(g1, ''), '{NO_ROUTE}')",
-    "path": "coalesce(g0, '-') || ' ' || coalesce(nullif(g1, ''), '-')",
-    "status": "coalesce(CAST(g0 AS VARCHAR), '-')",
-    "user": f"coalesce(g0, '{ANONYMOUS}')",
-    "method": "coalesce(g0, '-')",
-    "service": "coalesce(g0, '-')",
+    "route": "{g0} || ' ' || {g1}",
+    "path": "{g0} || ' ' || {g1}",
+    "status": "coalesce(CAST({g0} AS VARCHAR), '-')",
+    "user": f"coalesce({{g0}}, '{ANONYMOUS}')",
+    "method": "{g0}",
+    "service": "coalesce({g0}, '-')",
 }
 
 
@@ -143,6 +144,7 @@ def stats_sql(logs: Logs, by: str) -> str:
     columns = _GROUP_COLUMNS[by]
     raw = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns))
     groups = ", ".join(f"g{i}" for i in range(len(columns)))
+    same = " AND ".join(f"pg.g{i} IS NOT DISTINCT FROM agg.g{i}" for i in range(len(columns)))
     pcts = ", ".join(f"{percentile_sql(p)} AS p{p}" for p in PERCENTILES)
     picks = ", ".join(f"coalesce(pg.p{p}, pa.p{p}) AS p{p}" for p in PERCENTILES)
     return f"""
@@ -160,27 +162,30 @@ def stats_sql(logs: Logs, by: str) -> str:
         )
         GROUP BY junk, alien, {groups}, d
     ), acc AS (
-        SELECT {_GROUP_KEYS[by]} AS key, * FROM hist WHERE NOT junk AND NOT alien
+        SELECT * FROM hist WHERE NOT junk AND NOT alien
     ), pg AS (
-        SELECT key, {pcts} FROM (
-            SELECT key, d, sum(w) OVER (PARTITION BY key ORDER BY d) AS cum,
-                   sum(w) OVER (PARTITION BY key) AS tot FROM acc
-        ) GROUP BY key
+        SELECT {groups}, {pcts} FROM (
+            SELECT {groups}, d, sum(w) OVER (PARTITION BY {groups} ORDER BY d) AS cum,
+                   sum(w) OVER (PARTITION BY {groups}) AS tot FROM acc
+        ) GROUP BY {groups}
     ), pa AS (
         SELECT {pcts} FROM (
             SELECT d, sum(w) OVER (ORDER BY d) AS cum, sum(w) OVER () AS tot
             FROM (SELECT d, sum(w) AS w FROM acc GROUP BY d)
         )
     ), agg AS (
-        SELECT grouping(key) = 1 AS is_total, key, sum(w) AS count, sum(n) AS events,
-               coalesce(sum(c4), 0) AS c4, coalesce(sum(c5), 0) AS c5,
+        SELECT grouping({groups}) > 0 AS is_total, {groups}, sum(w) AS count,
+               sum(n) AS events, coalesce(sum(c4), 0) AS c4, coalesce(sum(c5), 0) AS c5,
                coalesce(sum(slow), 0) AS slow, sum(w * d) AS total, max(d) AS max,
                min(first) AS first, max(last) AS last
-        FROM acc GROUP BY GROUPING SETS ((key), ())
+        FROM acc GROUP BY GROUPING SETS (({groups}), ())
     )
-    SELECT agg.*, {picks}, coalesce((SELECT sum(n) FROM hist WHERE junk), 0) AS skipped,
+    SELECT agg.* EXCLUDE ({groups}),
+           CASE WHEN NOT agg.is_total THEN {_GROUP_KEYS[by].format(g0="agg.g0", g1="agg.g1")}
+           END AS key,
+           {picks}, coalesce((SELECT sum(n) FROM hist WHERE junk), 0) AS skipped,
            coalesce((SELECT sum(n) FROM hist WHERE alien), 0) AS alien
-    FROM agg LEFT JOIN pg ON NOT agg.is_total AND pg.key = agg.key
+    FROM agg LEFT JOIN pg ON NOT agg.is_total AND {same}
     LEFT JOIN pa ON agg.is_total
     """
 
