@@ -348,14 +348,20 @@ def _typed_plan(schemas: frozenset[str] = ALL_SCHEMAS) -> _Plan:
     return _Plan(columns, expressions, all_options, frozenset(guarded), f"({alien})")
 
 
-def _json_plan() -> dict[str, str]:
-    """One expression per unified column over ``json`` (a whole event), for the events view.
+def _nested_roots() -> frozenset[str]:
+    """Flat names that an ECS/OTel name nests under (``event`` for ECS's ``event.duration``)."""
+    return frozenset(n.split(".")[0] for f in FIELDS for n in _aliases(f) if "." in n) & set(FIELDS)
 
-    Every name is looked up in one ``json_extract_string`` call (the event is parsed once):
-    ``$."name"`` for a top-level key, ``$.a.b`` for nested objects.
+
+def _json_plan() -> tuple[str, dict[str, str]]:
+    """The paths to extract from ``json`` (a whole event), and one expression per column.
+
+    Every name is looked up in one ``json_extract_string`` call (the event is parsed once),
+    giving ``__v``: ``$."name"`` for a top-level key, ``$.a.b`` for nested objects.
     """
     paths: list[str] = []
     slots: dict[str, list[tuple[int, str]]] = {}
+    guarded = _nested_roots()
     for flat in FIELDS:
         names = [flat, *_aliases(flat)]
         for name in names:
@@ -366,7 +372,7 @@ def _json_plan() -> dict[str, str]:
                 slots.setdefault(flat, []).append((len(paths), _UNITS.get(name, "{}")))
                 paths.append(path)
     listed = "[" + ", ".join(_lit(p) for p in paths) + "]"
-    expressions = {"__paths__": listed}
+    expressions = {}
     for flat, kind in FIELDS.items():
         options = []
         for index, unit in slots[flat]:
@@ -374,7 +380,7 @@ def _json_plan() -> dict[str, str]:
             if flat == "exception":
                 options.append(f"TRY_CAST(json_extract(json, {_lit(paths[index])}) AS VARCHAR)")
                 continue
-            if flat in ("event", "service", "user_agent"):
+            if flat in guarded:
                 value = f"CASE WHEN NOT starts_with({value}, '{{') THEN {value} END"
             if unit != "{}":
                 value = unit.format(f"TRY_CAST({value} AS DOUBLE)")
@@ -382,7 +388,7 @@ def _json_plan() -> dict[str, str]:
                 value = f"TRY_CAST({value} AS {kind})"
             options.append(value)
         expressions[flat] = options[0] if len(options) == 1 else f"coalesce({', '.join(options)})"
-    return expressions
+    return listed, expressions
 
 
 def _weight(rate: str) -> str:
@@ -540,8 +546,7 @@ class Logs:
         )
         if not self.with_events:
             return
-        json_plan = _json_plan()
-        paths = json_plan.pop("__paths__")
+        paths, json_plan = _json_plan()
         extracted = ", ".join(f"{expr} AS {_q(name)}" for name, expr in json_plan.items())
         self.con.execute(
             "CREATE OR REPLACE TEMP VIEW events AS"
