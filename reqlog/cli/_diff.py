@@ -109,7 +109,7 @@ def side_sql(logs: Logs) -> str:
         FROM (SELECT key, d, sum(w) AS w FROM base GROUP BY key, d) h JOIN totals t USING (key)
     )
     SELECT t.key, t.n, t.count, t.c5, p.* EXCLUDE (key),
-           (SELECT min(ts) FROM base) AS first, (SELECT max(ts) FROM base) AS last
+           (SELECT epoch(min(ts)) FROM base) AS first, (SELECT epoch(max(ts)) FROM base) AS last
     FROM totals t JOIN (SELECT key, {", ".join(pcts)} FROM ranked GROUP BY key) p USING (key)
     """
 

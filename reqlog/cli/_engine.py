@@ -211,7 +211,7 @@ def resolve(names: Sequence[str]) -> Inputs:
         except OSError as exc:
             inputs.problems.append(f"{name}: {_reason(exc)}")
             continue
-        inputs.sources.append(Source(path, "gzip" if gz else "none", sniff(head)))
+        inputs.sources.append(Source(path, "gzip" if gz else "uncompressed", sniff(head)))
     return inputs
 
 
@@ -495,9 +495,11 @@ class Logs:
     @staticmethod
     def _reader(reader: str, files: Sequence[str], compression: str, options: str) -> str:
         listed = "[" + ", ".join(_lit(f) for f in files) + "]"
+        # A glob's compression is DuckDB's default guess, from the file names.
+        chosen = "" if compression == "auto" else f", compression={_lit(compression)}"
         return (
             f"SELECT * FROM {reader}({listed}, format='newline_delimited',"
-            f" ignore_errors=true, compression={_lit(compression)}{options})"
+            f" ignore_errors=true{chosen}{options})"
         )
 
     def _lines_sql(self) -> str:
@@ -540,7 +542,8 @@ class Logs:
     def _define(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW lines AS {self._lines_sql()}")
         self.con.execute(
-            f"CREATE OR REPLACE TEMP VIEW requests AS SELECT {self.ts_sql} AS ts,"
+            "CREATE OR REPLACE TEMP VIEW requests AS"
+            f" SELECT CAST({self.ts_sql} AS TIMESTAMP) AS ts,"
             " * EXCLUDE (is_access, junk, is_failed, alien),"
             f" {self.weight_sql} AS weight FROM lines WHERE {self.access_sql}"
         )
@@ -550,7 +553,7 @@ class Logs:
         extracted = ", ".join(f"{expr} AS {_q(name)}" for name, expr in json_plan.items())
         self.con.execute(
             "CREATE OR REPLACE TEMP VIEW events AS"
-            " SELECT TRY_CAST(timestamp AS TIMESTAMPTZ) AS ts, *,"
+            " SELECT CAST(TRY_CAST(timestamp AS TIMESTAMPTZ) AS TIMESTAMP) AS ts, *,"
             f" {_is_access('event', 'logger')} AS access FROM ("
             f" SELECT {extracted}, json FROM ("
             f"  SELECT json, json_extract_string(json, {paths}) AS __v FROM ({self._objects()})"
@@ -614,7 +617,13 @@ class Logs:
 
 
 def epoch_seconds(value: Any) -> float | None:
-    """Seconds since the epoch for a DuckDB TIMESTAMPTZ value (a datetime) or ``None``."""
+    """Seconds since the epoch from a query's ``epoch(...)`` (or a datetime), else ``None``.
+
+    Queries return times as numbers: DuckDB releases before 1.2 need pytz to hand out
+    TIMESTAMPTZ values, and the ``requests``/``events`` views give ``ts`` as TIMESTAMP (UTC).
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)

@@ -144,7 +144,7 @@ def failures_sql(logs: Logs) -> str:
     """The failed requests, 5xx responses and events with a traceback, oldest first."""
     failed = ", ".join(f"'{e}'" for e in FAILED_EVENTS)
     return f"""
-    SELECT {logs.ts_sql} AS ts, event, method, route, path, status_code, error_type,
+    SELECT epoch({logs.ts_sql}) AS ts, event, method, route, path, status_code, error_type,
            error_message, exception, request_id, {logs.weight_sql} AS w,
            ({logs.access_sql}) AS access
     FROM lines

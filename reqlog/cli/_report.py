@@ -129,7 +129,8 @@ def collect(logs: Logs) -> Collected:
         f"SELECT coalesce(s, 0), sum(w) FROM ({_access(logs)}) GROUP BY 1 ORDER BY 1"
     ):
         data.statuses[int(status)] = float(count)
-    for r in logs.rows(f"SELECT * FROM ({_access(logs)}) ORDER BY d DESC LIMIT {_MAX_SLOWEST}"):
+    slowest = f"SELECT d, s, request_id, method, path, event FROM ({_access(logs)})"
+    for r in logs.rows(f"{slowest} ORDER BY d DESC LIMIT {_MAX_SLOWEST}"):
         method = r["method"] or ("WS" if str(r["event"]).startswith("websocket") else "-")
         what = f"{method} {r['path']}"
         data.slowest.append((float(r["d"]), str(r["request_id"] or ""), what, str(r["s"])))

@@ -177,7 +177,7 @@ def stats_sql(logs: Logs, by: str) -> str:
         SELECT grouping({groups}) > 0 AS is_total, {groups}, sum(w) AS count,
                sum(n) AS events, coalesce(sum(c4), 0) AS c4, coalesce(sum(c5), 0) AS c5,
                coalesce(sum(slow), 0) AS slow, sum(w * d) AS total, max(d) AS max,
-               min(first) AS first, max(last) AS last
+               epoch(min(first)) AS first, epoch(max(last)) AS last
         FROM acc GROUP BY GROUPING SETS (({groups}), ())
     )
     SELECT agg.* EXCLUDE ({groups}),
