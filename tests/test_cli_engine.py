@@ -760,3 +760,31 @@ def test_stats_groupings_match_an_independent_computation(
         )
         for k, v in groups.items()
     }
+
+
+def test_times_on_the_command_line() -> None:
+    from reqlog.cli._events import parse_time_arg
+
+    now = dt.datetime(2026, 11, 24, 15, 30, tzinfo=dt.UTC).timestamp()
+
+    assert parse_time_arg("15m", now) == now - 900
+    assert (
+        parse_time_arg("14:05", now) == dt.datetime(2026, 11, 24, 14, 5, tzinfo=dt.UTC).timestamp()
+    )
+    assert (
+        parse_time_arg("9:00:30", now)
+        == dt.datetime(2026, 11, 24, 9, 0, 30, tzinfo=dt.UTC).timestamp()
+    )
+    # later than now today: yesterday's
+    assert parse_time_arg("16:00", now) == dt.datetime(2026, 11, 23, 16, tzinfo=dt.UTC).timestamp()
+    assert (
+        parse_time_arg("2026-11-24 05:54", now)
+        == dt.datetime(2026, 11, 24, 5, 54, tzinfo=dt.UTC).timestamp()
+    )
+    assert (
+        parse_time_arg("2026-11-24T07:54+02:00", now)
+        == dt.datetime(2026, 11, 24, 5, 54, tzinfo=dt.UTC).timestamp()
+    )
+    for bad in ("25:00", "soon", "14:5"):
+        with pytest.raises(ValueError, match="not a time"):
+            parse_time_arg(bad, now)

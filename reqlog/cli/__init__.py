@@ -64,8 +64,8 @@ def _window(parser: argparse.ArgumentParser) -> None:
         "--since",
         metavar="T",
         type=_time,
-        help="only events at or after T: ISO 8601 (UTC unless an offset is given) or an age"
-        " such as 30s, 15m, 2h, 1d",
+        help="only events at or after T: ISO 8601 (UTC unless an offset is given), a time of"
+        " day (14:05, UTC) or an age such as 30s, 15m, 2h, 1d",
     )
     parser.add_argument("--until", metavar="T", type=_time, help="only events before T")
 

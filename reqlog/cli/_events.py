@@ -195,16 +195,35 @@ def parse_duration(text: str) -> float:
     return value
 
 
+_TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
+
+
 def parse_time_arg(text: str, now: float | None = None) -> float:
-    """``--since``/``--until`` values: ISO 8601 (UTC unless an offset is given) or ``15m`` ago."""
+    """A time on the command line (``--since``, ``--until``, ``--at``), as epoch seconds.
+
+    ISO 8601 (UTC unless an offset is given), an age (``15m``: that long ago), or a time of
+    day (``14:05``, UTC): the last time the clock showed it, today or else yesterday.
+    """
     text = text.strip()
+    reference = dt.datetime.now(dt.UTC).timestamp() if now is None else now
     match = _RELATIVE.match(text)
     if match:
-        reference = dt.datetime.now(dt.UTC).timestamp() if now is None else now
         return reference - float(match.group(1)) * _UNITS[match.group(2)]
+    if _TIME_OF_DAY.match(text):
+        today = dt.datetime.fromtimestamp(reference, dt.UTC).date()
+        try:
+            clock = dt.time.fromisoformat("0" + text if text.index(":") == 1 else text)
+        except ValueError:
+            clock = None
+        if clock is not None:
+            when = dt.datetime.combine(today, clock, dt.UTC).timestamp()
+            return when if when <= reference else when - 86400
     value = epoch(text.replace(" ", "T", 1) if len(text) > 10 else text)
     if value is None:
-        msg = f"not a time: {text!r} (use ISO 8601 such as 2026-11-24T05:54 or an age such as 15m)"
+        msg = (
+            f"not a time: {text!r} (use ISO 8601 such as 2026-11-24T05:54, a time of day"
+            " such as 14:05, or an age such as 15m)"
+        )
         raise ValueError(msg)
     return value
 
