@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 import reqlog
 from reqlog.bodies import describe_body
+from tests.conftest import listening_socket
 
 if TYPE_CHECKING:
     from tests.conftest import LogOutput
@@ -791,7 +791,7 @@ def test_describe_body(args: tuple[Any, ...], expected: tuple[Any, bool]) -> Non
 # --- end to end, through a real server --------------------------------------------------------
 
 SERVER = """
-import asyncio, hashlib, pathlib, socket, sys
+import asyncio, hashlib, pathlib, socket, sys, time
 import uvicorn, reqlog
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -813,7 +813,10 @@ async def upload(request: Request):
 async def events():
     async def stream():
         yield "data: one\\n\\n"
-        for _ in range(500):  # the client creates the flag once it has the first event
+        # The client creates the flag once it has the first event; the deadline is generous
+        # (a loaded machine), it only bounds the test when that event never arrives.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             if flag.exists():
                 yield "data: two\\n\\n"
                 return
@@ -831,7 +834,7 @@ class Server:
         self.url, self.log, self.flag = url, log, flag
 
     def access(self, path: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.log.exists():
                 for line in self.log.read_bytes().splitlines():
@@ -848,9 +851,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("bodies_server")
     script = tmp / "app.py"
     script.write_text(textwrap.dedent(SERVER))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)  # connections wait in the backlog until uvicorn accepts them
+    sock = listening_socket()  # connections wait in the backlog until uvicorn accepts them
     port = sock.getsockname()[1]
     process = subprocess.Popen(
         [
@@ -898,7 +899,7 @@ def test_server_chunked_upload_of_ten_megabytes(server: Server) -> None:
 
 def test_server_streams_events_without_delay(server: Server) -> None:
     received = []
-    with httpx.stream("GET", f"{server.url}/events", timeout=10) as response:
+    with httpx.stream("GET", f"{server.url}/events", timeout=90) as response:
         for chunk in response.iter_raw():
             received.append(chunk)
             if len(received) == 1:

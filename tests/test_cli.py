@@ -302,7 +302,7 @@ def _line_queue(proc: subprocess.Popen[bytes]) -> queue.Queue[bytes]:
     return lines
 
 
-def _next_line_with(lines: queue.Queue[bytes], needle: bytes, timeout: float = 10) -> bytes:
+def _next_line_with(lines: queue.Queue[bytes], needle: bytes, timeout: float = 60) -> bytes:
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+
+from tests.conftest import listening_socket
 
 pytest.importorskip("gunicorn")
 pytest.importorskip("uvicorn_worker")
@@ -52,9 +53,7 @@ RID = "0123456789abcdef0123456789abcdef"
 def _run_gunicorn(tmp_path: Path, *extra: str, boot_delay: float = 0.0) -> tuple[list[str], str]:
     """Start gunicorn on a socket bound here, make two requests, stop it; its output."""
     (tmp_path / "svc_app.py").write_text(APP)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock = listening_socket()
     port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("REQLOG_")}
     env.update(PYTHONPATH=str(tmp_path), REQLOG_SERVICE="svc", SVC_BOOT_DELAY=str(boot_delay))

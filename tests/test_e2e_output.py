@@ -5,12 +5,10 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+
+from tests.conftest import listening_socket
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,13 +68,6 @@ APP = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     """A uvicorn subprocess serving tests' app module on a free port."""
 
@@ -82,31 +75,33 @@ class Server:
         self, app_dir: Path, env: dict[str, str], *args: str, stdout: Any = subprocess.DEVNULL
     ) -> None:
         (app_dir / "app.py").write_text(APP)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        sock = listening_socket()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(app_dir)]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), *args]
+        command += ["--fd", str(sock.fileno()), *args]
+        fds = [sock.fileno()]
+        if isinstance(stdout, int) and stdout > 2:
+            fds.append(stdout)
         self.proc = subprocess.Popen(
             command,
             env={**os.environ, **env},
             stdout=stdout,
             stderr=subprocess.PIPE,
-            pass_fds=(stdout,) if isinstance(stdout, int) and stdout > 2 else (),
+            pass_fds=fds,
         )
+        sock.close()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.stderr()
-            try:
-                if httpx.get(self.url + "/_stats", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        pytest.fail("uvicorn did not start")
+        """One request, waiting in the backlog until uvicorn is up: never retried."""
+        try:
+            response = httpx.get(self.url + "/_stats", timeout=60)
+        except httpx.TransportError as exc:
+            self.kill()
+            pytest.fail(f"uvicorn did not answer ({exc!r}): {self.stderr()}")
+        assert response.status_code == 200
 
     def get(self, path: str) -> dict[str, Any]:
-        response = httpx.get(self.url + path, timeout=15)
+        response = httpx.get(self.url + path, timeout=30)
         assert response.status_code == 200
         result: dict[str, Any] = response.json()
         return result
@@ -140,7 +135,7 @@ def send_requests(url: str, count: int, threads: int = 1) -> list[str]:
     ids = [uuid.uuid4().hex for _ in range(count)]
 
     def run(part: list[str]) -> None:
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(base_url=url, timeout=30) as client:
             for rid in part:
                 response = client.get(f"/items/{len(rid)}", headers={"X-Request-ID": rid})
                 assert response.status_code == 200
@@ -314,7 +309,7 @@ CLOSED_STDOUT_APP = textwrap.dedent(
         return {"ok": True}
 
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None)
+    config = uvicorn.Config(app, fd=int(sys.argv[1]), log_config=None)
     server = uvicorn.Server(config)
     server.run()
     """
@@ -324,23 +319,21 @@ CLOSED_STDOUT_APP = textwrap.dedent(
 def test_closed_stdout_keeps_serving_and_exits_0(tmp_path: Path) -> None:
     script = tmp_path / "serve.py"
     script.write_text(CLOSED_STDOUT_APP)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    sock = listening_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, str(script), str(sock.fileno())],
+        pass_fds=[sock.fileno()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    sock.close()
     try:
         assert proc.stdout is not None
         first = orjson.loads(proc.stdout.readline())
         assert first["logger"].startswith("uvicorn")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/ping", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        # Waits in the backlog until uvicorn is up: one request, never retried.
+        assert httpx.get(url + "/ping", timeout=60).status_code == 200
 
         proc.stdout.close()  # the reader goes away
         with httpx.Client(base_url=url, timeout=10) as client:
