@@ -11,7 +11,7 @@ from reqlog.output import flush, output_stats
 from reqlog.processors import Redactor
 
 try:
-    __version__ = version("reqlog")
+    __version__ = version("reqlog-asgi")  # the distribution's name; the import name is reqlog
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 

@@ -908,10 +908,10 @@ def _add_otel(
     if not want_trace and otlp_value is None:
         return
     if trace_context and not _otel_installed():
-        msg = "trace_context: needs opentelemetry-api: pip install 'reqlog[otel]'"
+        msg = "trace_context: needs opentelemetry-api: pip install 'reqlog-asgi[otel]'"
         raise ValueError(msg)
     if otlp_value is not None and not _otel_installed():
-        msg = f"{otlp_name}: needs the OpenTelemetry SDK: pip install 'reqlog[otel]'"
+        msg = f"{otlp_name}: needs the OpenTelemetry SDK: pip install 'reqlog-asgi[otel]'"
         raise ValueError(msg)
     from reqlog.integrations import otel
 

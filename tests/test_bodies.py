@@ -875,6 +875,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             process.wait()
 
 
+@pytest.mark.slow
 def test_server_chunked_upload_of_ten_megabytes(server: Server) -> None:
     chunk = bytes(range(256)) * 256  # 64 KiB
 
@@ -897,6 +898,7 @@ def test_server_chunked_upload_of_ten_megabytes(server: Server) -> None:
     assert event["request_body"] == f"<{10 * MB} bytes application/octet-stream>"
 
 
+@pytest.mark.slow
 def test_server_streams_events_without_delay(server: Server) -> None:
     received = []
     with httpx.stream("GET", f"{server.url}/events", timeout=90) as response:

@@ -484,6 +484,7 @@ def test_report_is_self_contained_and_escaped(
     assert RID_B in page
 
 
+@pytest.mark.slow
 def test_report_charts_draw_in_headless_chromium(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

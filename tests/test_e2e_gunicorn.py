@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import listening_socket
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("gunicorn")
 pytest.importorskip("uvicorn_worker")
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import listening_socket
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 APP = textwrap.dedent(
     """

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import listening_socket
 
+pytestmark = pytest.mark.slow
+
 APP = textwrap.dedent(
     """
     import logging

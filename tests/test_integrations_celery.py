@@ -53,6 +53,7 @@ def _ship_task(app: Celery) -> Any:
     return ship
 
 
+@pytest.mark.slow
 async def test_real_worker_logs_the_request_id(log_output: LogOutput, celery_app: Celery) -> None:
     log_output.configure(level="INFO")
     ship = _ship_task(celery_app)

@@ -86,6 +86,7 @@ def _events(log_file: Path, event: str) -> list[dict[str, Any]]:
     return [e for e in map(orjson.loads, lines) if e["event"] == event]
 
 
+@pytest.mark.slow
 async def test_service_b_logs_service_a_request_id(tmp_path: Path, log_output: LogOutput) -> None:
     log_output.configure(service="a")
     with serve(tmp_path, SERVICE_B) as (b_url, b_log):

@@ -374,9 +374,9 @@ def test_without_opentelemetry_installed() -> None:
     )
     assert result.returncode == 0, result.stderr
     error, imported, line = result.stdout.strip().splitlines()
-    assert error == "error: otlp: needs the OpenTelemetry SDK: pip install 'reqlog[otel]'"
+    assert error == "error: otlp: needs the OpenTelemetry SDK: pip install 'reqlog-asgi[otel]'"
     assert imported == (
-        "import: reqlog.integrations.otel needs opentelemetry-api: pip install 'reqlog[otel]'"
+        "import: reqlog.integrations.otel needs opentelemetry-api: pip install 'reqlog-asgi[otel]'"
     )
     event = orjson.loads(line)
     assert event["event"] == "plain"

@@ -11,7 +11,7 @@ Two independent pieces, both wired by :func:`reqlog.configure`:
   OTLP/HTTP exporter): ``configure(otlp=True)``, ``configure(otlp="http://collector:4318")``
   or ``configure(otlp=my_logger_provider)``. The JSON lines still go to the output too.
 
-Nothing here is imported unless OpenTelemetry is installed (``pip install 'reqlog[otel]'``).
+Nothing here is imported unless OpenTelemetry is installed (``pip install 'reqlog-asgi[otel]'``).
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def build_emitter(value: Any, *, service: str | None, option: str = "otlp") -> O
     except ImportError as exc:
         msg = (
             f"{option}: needs opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http: "
-            "pip install 'reqlog[otel]'"
+            "pip install 'reqlog-asgi[otel]'"
         )
         raise ValueError(msg) from exc
     resource = Resource.create({"service.name": service} if service else {})
