@@ -242,3 +242,36 @@ def test_quickstart_script_without_a_server_prints_three_lines(tmp_path: Path) -
     assert printed[1].pop("user_agent") == f"python-httpx/{httpx.__version__}"
     first_two = [dict(first_two[0]), {k: v for k, v in first_two[1].items() if k != "user_agent"}]
     _same_shape([*first_two, *httpx_line], printed)
+
+
+_LOOKS_LIKE_PYTHON = re.compile(
+    r"^\s*(?:import \w|from [\w.]+ import )|\b(?:reqlog|uvicorn|logging)\.\w+\(", re.MULTILINE
+)
+
+
+def test_python_in_the_docs_is_labelled_python() -> None:
+    """A Python example fenced as text would escape test_code_block_runs: none may."""
+    fence = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+    hidden = []
+    for page in [*PAGES, README]:
+        for language, code in fence.findall(page.read_text(encoding="utf-8")):
+            if language in ("python", "py") or not _LOOKS_LIKE_PYTHON.search(code):
+                continue
+            try:
+                compile(code, page.name, "exec")
+            except SyntaxError:
+                continue  # shell commands, configuration files
+            hidden.append(f"{page.name}: {code.splitlines()[0]}")
+    assert hidden == []
+
+
+def test_make_targets_in_the_docs_exist() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.MULTILINE))
+    named = {
+        target
+        for page in [*PAGES, README]
+        for target in re.findall(r"\bmake ([a-z][\w-]*)", page.read_text(encoding="utf-8"))
+    }
+    assert named
+    assert named <= targets
