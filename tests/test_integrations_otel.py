@@ -618,3 +618,31 @@ def _success() -> Any:
     from opentelemetry.sdk._logs.export import LogRecordExportResult
 
     return LogRecordExportResult.SUCCESS
+
+
+def test_close_while_the_thread_waits_for_a_batch_to_fill() -> None:
+    # The thread lingers for a fuller batch; close() takes what is queued meanwhile. Either
+    # side may get the record, but it is counted once, and no empty batch is ever sent.
+    from reqlog.integrations.otel import OTLPChannel
+
+    batches: list[list[Any]] = []
+
+    class Recorder:
+        def export(self, batch: Any) -> Any:
+            batches.append(list(batch))
+            return _success()
+
+        def shutdown(self) -> None:
+            pass
+
+    lost: list[int] = []
+    channel = OTLPChannel(Recorder(), batch_size=100, delay=30.0, on_lost=lost.append)
+    channel.export(["only"])
+    _await(lambda: channel._thread is not None, "no thread")
+    channel.close(0.0)
+    assert channel._thread is not None
+    channel._thread.join(10)
+    stats = channel.stats()
+    assert [b for b in batches if not b] == []
+    assert (stats["written"] + stats["dropped"], stats["errors"]) == (1, 0)
+    assert lost == ([1] if stats["dropped"] else [])

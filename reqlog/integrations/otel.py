@@ -427,6 +427,8 @@ class OTLPChannel:
                 if len(self._queue) < self.batch_size and not self._waiting:
                     # Let a batch fill; a flush, a close or a full batch cuts it short.
                     cond.wait(self.delay)
+                    if not self._queue:  # close() took what was left meanwhile
+                        continue
                 batch = self._queue[: self.batch_size]
                 del self._queue[: self.batch_size]
             failure = self._send(batch)
