@@ -2,7 +2,7 @@
 
 python -m bench                 # the full suite, about 5 minutes on 2 cores
 python -m bench --quick         # a smoke run: every contender once, few iterations
-python -m bench --only libs     # requests, instructions, libs, events, stall (comma-separated)
+python -m bench --only libs     # requests, instructions, libs, events, stall, redaction
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import bench_instructions, bench_libs, bench_requests, bench_stall
+from bench import bench_instructions, bench_libs, bench_redaction, bench_requests, bench_stall
 from bench.apps import CONTENDERS
 
 HERE = Path(__file__).parent
@@ -264,7 +264,7 @@ def _instruction_goals(instr: dict[str, Any]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run, not for RESULTS.md")
-    parser.add_argument("--only", default="requests,instructions,libs,events,stall")
+    parser.add_argument("--only", default="requests,instructions,libs,events,stall,redaction")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/RESULTS.md")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -311,6 +311,10 @@ def main() -> None:
         raw["stall"] = bench_stall.run(args.quick)
         section, stall_summary = stall_section(raw["stall"])
         body += [*section, ""]
+    if "redaction" in only:
+        print("bench: redaction of hostile text against benign text...", file=sys.stderr)
+        raw["redaction"] = bench_redaction.run(args.quick)
+        body += [*bench_redaction.section(raw["redaction"]), ""]
     notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
     text = "\n".join(
         [

@@ -27,6 +27,7 @@ from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
 
 from reqlog import _config
+from reqlog.processors import drop_cut_token
 
 __all__ = ["Capture", "CaptureOptions", "describe_body", "header_mapping"]
 
@@ -382,7 +383,12 @@ def describe_body(
         if fields is None:
             return _summary(total, mime, "invalid"), truncated
         return fields, truncated
-    return _decode(data, charset, final=not truncated), truncated
+    text = _decode(data, charset, final=not truncated)
+    if truncated:
+        # The cap may have cut a secret in two: its front (12 digits of a card number, half a
+        # token) would slip past the patterns that find the whole. The last token goes.
+        text = drop_cut_token(text)
+    return text, truncated
 
 
 class _Invalid:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import accumulate, compress, count, islice
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -16,13 +19,23 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
+    "AWS_ACCESS_KEY_ID",
+    "BASIC_CREDENTIALS",
     "BEARER_TOKEN",
     "CARD_NUMBER",
     "DEFAULT_KEYS",
+    "DEFAULT_MAX_SCAN_CHARS",
     "DEFAULT_PATTERNS",
     "DEFAULT_QUERY_KEYS",
     "DEFAULT_TEXT_KEYS",
+    "GITHUB_TOKEN",
+    "GITLAB_TOKEN",
+    "GOOGLE_API_KEY",
     "JWT",
+    "PRIVATE_KEY",
+    "SLACK_TOKEN",
+    "SLACK_WEBHOOK",
+    "STRIPE_KEY",
     "URL_PASSWORD",
     "AddStaticFields",
     "IsoTimeStamper",
@@ -33,6 +46,7 @@ __all__ = [
     "StatusLevels",
     "WhenPresent",
     "add_logger_name",
+    "drop_cut_token",
     "luhn_valid",
     "normalize_key",
     "parse_level",
@@ -182,15 +196,45 @@ class AddStaticFields:
 
 
 # --- redaction ------------------------------------------------------------------------------
+#
+# Everything the Redactor does costs time linear in the text it is given, whatever the text:
+#
+# - The built-in value patterns run on Python's ``re``, written so that the engine cannot
+#   backtrack across start positions: each starts with a literal or a character class (the
+#   engine skips to candidate positions in C), a lookbehind right after its first characters
+#   refuses to start inside a token (so ``eyJeyJeyJ...`` is one attempt, not one per
+#   position), and every repeat is possessive or bounded (a failed attempt never rescans
+#   what it read). tests/test_redaction.py drives each with adversarial inputs and
+#   bench/bench_redaction.py measures them against benign text of the same length.
+# - Patterns a user adds run on RE2 (the ``google-re2`` package), which runs every pattern
+#   it accepts in time linear in the text searched; a pattern it refuses (look-around,
+#   backreferences) is refused when the Redactor is built. ``re`` cannot promise that for an
+#   arbitrary pattern, and RE2 costs about a microsecond more per call than ``re``, which is
+#   why the built-in patterns, on every event's hot path, stay on ``re``.
+# - Text longer than ``max_scan_chars`` is cut at a token boundary before any pattern runs,
+#   and the cut is written into the value.
+# - Where Python has to look at a match (a secret name's value, a card-like number to check,
+#   a name never seen), it costs a microsecond where a character costs nanoseconds: the
+#   names before ``=`` and ``:`` are found and classified at C level, and one value gets a
+#   budget of such looks proportional to its length, past which it is cut the same way (at a
+#   place that depends on the text alone).
+# - ``sre`` finds a literal start about fifty times faster than a character class (measured):
+#   the patterns start with literals where they can, and the ones that cannot (card numbers,
+#   ``Bearer`` in any case) are searched in a copy mapped to classes or lowered.
+#
+# Results are remembered only where they cannot depend on where a string was found: a string
+# known clean as free text is remembered as such, a string known clean as a query string
+# separately, and key classifications per key.
 
 #: Separators ignored when keys are compared, after lowercasing: ``API-Key``, ``api_key``,
 #: ``apiKey``, ``api.key`` and ``api[key]`` are all ``apikey``.
-_KEY_SEPARATORS = str.maketrans("", "", "-_. []")
+_KEY_SEPARATORS = "-_. []"
 
 #: What reqlog redacts by default (OWASP Logging Cheat Sheet: never log passwords, session
 #: identifiers, access tokens, secrets, keys, payment card data, national IDs). Matching is on
 #: the normalised key (lowercase, separators removed); ``*word*`` matches a key containing the
-#: word, ``*word`` a key ending in it, a bare ``word`` only that key.
+#: word, ``*word`` a key ending in it, a bare ``word`` only that key, and ``!word`` is a word
+#: that names no secret although it contains one (removed before the others are applied).
 DEFAULT_KEYS: frozenset[str] = frozenset(
     {
         # long, unambiguous words: anywhere in the key
@@ -235,6 +279,17 @@ DEFAULT_KEYS: frozenset[str] = frozenset(
         "pan",
         "iban",
         "otp",
+        # words that hold one of the words above but name no secret: ``secretary_email`` and
+        # ``cookie_consent`` are plain, ``secretary_password`` is still a secret
+        "!secretary",
+        "!secretariat",
+        "!passwordless",
+        "!cookieconsent",
+        "!cookiepolicy",
+        "!cookiebanner",
+        "!cookiepreferences",
+        "!authorizationendpoint",
+        "!authorizationurl",
     }
 )
 
@@ -253,30 +308,163 @@ DEFAULT_TEXT_KEYS: frozenset[str] = frozenset(
         "body",
         "request_body",
         "response_body",
+        # header values get the same search: a Bearer token in a custom header, a secret
+        # parameter in a Referer or Location URL
+        "headers",
+        "request_headers",
+        "response_headers",
     }
 )
 
 #: Keys holding a raw query string (``a=1&b=2``), parsed and redacted parameter by parameter.
 DEFAULT_QUERY_KEYS: frozenset[str] = frozenset({"query", "query_string"})
 
-#: ``Bearer <token>`` in free text; the token is replaced, the word ``Bearer`` stays.
-BEARER_TOKEN = re.compile(r"(?i:\bbearer\s+(?P<secret>[A-Za-z0-9\-._~+/]+=*))")
-#: A JSON Web Token: three base64url parts, the first two JSON objects (``eyJ`` is ``{"``).
-JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+#: How many characters of one value are searched at most; past it the value is cut.
+DEFAULT_MAX_SCAN_CHARS = 65_536
+
+#: ``Bearer <token>``, any case: the token is replaced, the word ``Bearer`` stays.
+BEARER_TOKEN = re.compile(
+    r"[Bb](?<![A-Za-z0-9_][Bb])[Ee][Aa][Rr][Ee][Rr]\s++(?P<secret>[A-Za-z0-9\-._~+/%]++=*+)"
+)
+#: HTTP Basic credentials, ``Basic <base64 of user:password>``: replaced only when the base64
+#: decodes to printable text holding a colon, so ``basic usage`` is left alone.
+BASIC_CREDENTIALS = re.compile(
+    r"[Bb](?<![A-Za-z0-9_][Bb])[Aa][Ss][Ii][Cc]\s++(?P<secret>[A-Za-z0-9+/]{4,}+={0,2}+)"
+)
+#: A JSON Web Token: base64url parts joined by dots, the first a JSON object (``eyJ`` is
+#: ``{"``); JWE's five parts too.
+JWT = re.compile(
+    r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]++\.[A-Za-z0-9_-]++\.[A-Za-z0-9_-]*+"
+    r"(?:\.[A-Za-z0-9_-]++)*+"
+)
+#: An AWS access key ID (long-term ``AKIA...`` or temporary ``ASIA...``).
+AWS_ACCESS_KEY_ID = re.compile(r"A(?<![A-Za-z0-9]A)[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])")
+#: A GitHub token: ``ghp_``, ``gho_``, ``ghu_``, ``ghs_``, ``ghr_`` and ``github_pat_``.
+GITHUB_TOKEN = re.compile(r"g(?<![A-Za-z0-9_]g)(?:h[pousr]|ithub_pat)_[A-Za-z0-9_]{30,}+")
+#: A GitLab token: personal, deploy, runner, trigger, feed, OAuth... (``glpat-...``).
+GITLAB_TOKEN = re.compile(
+    r"g(?<![A-Za-z0-9_-]g)l(?:pat|dt|rt|ptt|ft|soat|cbt|imt|oas|agent)-[A-Za-z0-9_.-]{20,}+"
+)
+#: A Slack token (``xoxb-``, ``xoxp-``, ``xoxa-``...) or the secret path of a Slack webhook.
+SLACK_TOKEN = re.compile(r"x(?<![A-Za-z0-9_-]x)ox[abeoprs]-[A-Za-z0-9-]{10,}+")
+#: The secret path of a Slack incoming webhook (``hooks.slack.com/services/T.../B.../...``).
+SLACK_WEBHOOK = re.compile(
+    r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<secret>[A-Za-z0-9_/-]++)"
+)
+#: A Stripe secret or restricted key (``sk_live_``, ``rk_test_``...) or webhook secret.
+STRIPE_KEY = re.compile(r"[rsw](?<![A-Za-z0-9_][rsw])(?:k_(?:live|test)|hsec)_[A-Za-z0-9]{16,}+")
+#: A Google API key (``AIza`` and 35 more characters).
+GOOGLE_API_KEY = re.compile(r"AIza(?<![A-Za-z0-9_-]AIza)[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])")
+#: A PEM private key block: what lies between ``-----BEGIN ... PRIVATE KEY-----`` and the
+#: ``-----END`` line is replaced, or everything after the BEGIN line when the END was cut off.
+PRIVATE_KEY = re.compile(
+    r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?P<secret>(?:[^-]++|-(?!----END))*+)"
+)
 #: A payment card number: 13 to 19 digits starting 2-6, optionally grouped by single spaces
 #: or hyphens, not glued to letters or digits. Matches are redacted only if the Luhn check
-#: passes, so most long numbers (and epoch milliseconds, which start with 1) are left alone.
-CARD_NUMBER = re.compile(r"(?<![0-9A-Za-z-])[2-6](?:[ -]?[0-9]){12,18}(?![0-9A-Za-z-])")
+#: passes (on the whole, or on whole groups of it, for a card followed by its CVV), so most
+#: long numbers (and epoch milliseconds, which start with 1) are left alone.
+CARD_NUMBER = re.compile(r"[2-6](?<![0-9A-Za-z-][2-6])(?:[ -]?[0-9]){12,18}(?![0-9A-Za-z-])")
 #: The password in a URL's user information: ``postgres://app:[REDACTED]@db/orders``.
-URL_PASSWORD = re.compile(r"://[^/\s:@]*:(?P<secret>[^/\s@]+)@")
+URL_PASSWORD = re.compile(r"://[^\s/?#@:]*+:(?P<secret>[^\s/?#]+)@")
 
-DEFAULT_PATTERNS: tuple[re.Pattern[str], ...] = (BEARER_TOKEN, JWT, CARD_NUMBER, URL_PASSWORD)
+DEFAULT_PATTERNS: tuple[re.Pattern[str], ...] = (
+    PRIVATE_KEY,
+    JWT,
+    AWS_ACCESS_KEY_ID,
+    GITHUB_TOKEN,
+    GITLAB_TOKEN,
+    SLACK_TOKEN,
+    SLACK_WEBHOOK,
+    STRIPE_KEY,
+    GOOGLE_API_KEY,
+    BEARER_TOKEN,
+    BASIC_CREDENTIALS,
+    URL_PASSWORD,
+    CARD_NUMBER,
+)
 
-# A parameter of a URL's query inside free text (``GET /cb?code=1&token=abc``).
-_URL_PARAM = re.compile(r"(?<=[?&;])([^=&;#\s\"'<>]+)=([^&;#\s\"'<>]*)")
+# ``name=value``, ``name: value``, ``"name": "value"``... in free text: a name (at most 64
+# characters, not starting inside another name), its closing quote, the separator. The value
+# is looked at only when the name is a secret key, so most candidates cost one dict lookup.
+#
+# It is searched in the text reversed, with ``:`` written as ``=``: the search then starts at
+# a literal ``=``, which the engine finds in C, instead of trying a name at every position;
+# the names come out reversed and are classified through a cache of their own.
+_NAME = r"A-Za-z0-9_%+.\-\[\]"
+
+
+@functools.lru_cache(maxsize=16)
+def _assignment_patterns(shortest: int) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Names of at least ``shortest`` characters (no shorter one can be a secret key) with
+    their separators, in reversed text: one pattern capturing the names only, one capturing
+    separator and name (for ``split``, which then keeps every character)."""
+    name = rf"([{_NAME}]{{{shortest},64}}+)(?![{_NAME}])"
+    separator = r"=[ \t]*+(?:[\"']\\?)?"
+    return re.compile(separator + name), re.compile(f"({separator}){name}")
+
+
+@functools.lru_cache(maxsize=16)
+def _value_patterns(censor: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The value after a secret name, in free text and in a query string.
+
+    In free text: quoted (to its closing quote, or to the end of the line when the quote is
+    never closed: a cut value is still hidden), an escaped quote of JSON inside a string, or
+    a bare word (after an auth scheme such as ``Bearer``, which stays). In a query string: to
+    the next ``&``. A value that starts with ``censor`` (replaced already) does not match, at
+    once: read to its end again for each name that follows it, it would cost its length each
+    time.
+    """
+    done = f"(?!{re.escape(censor)})"
+    text = re.compile(
+        rf"""(?:(?<=:)=)?[ \t]*+(?:
+            "{done}((?:[^"\\\n]++|\\.)*+)
+          | '{done}((?:[^'\\\n]++|\\.)*+)
+          | \\"{done}((?:[^"\\\n]++|\\[^"\n])*+)
+          | (?:(?i:bearer|basic|token|digest|negotiate|ntlm|aws4-hmac-sha256)[ \t]++)?+
+            {done}([^\s"'<>&;,(){{}}\[\]=:][^\s"'<>&;,(){{}}\[\]]*+)
+        )""",
+        re.VERBOSE,
+    )
+    return text, re.compile(rf"{done}([^&]++)")
+
+
+# Cutting a value: what may be the front of a secret at the cut is dropped, a token (letters,
+# digits, base64 and URL punctuation) and then any digits, spaces and hyphens before it (the
+# first groups of a card number).
+_CUT_TOKEN = re.compile(r"[^\s\"'<>()\[\]{},;&|]*+")
+_CUT_DIGITS = re.compile(r"[0-9\s-]*+")
+_CUT_NOTE_ROOM = 48
+
 _DIGIT_MARKS = bytes(1 if 48 <= c <= 57 else 0 for c in range(256))
 
+# Card numbers are searched in a copy of the text mapped to classes (``2`` for the digits a
+# card starts with, ``0`` for the others, ``a`` for ASCII letters, space and hyphen as they
+# are, ``.`` for the rest, one byte per character), where the pattern starts with a literal.
+# CARD_NUMBER on the text and _CARD_MAPPED on the copy match the same spans.
+_CARD_CLASSES = bytearray(b"." * 256)
+for _code in range(256):
+    _char = chr(_code)
+    if _char in "23456":
+        _CARD_CLASSES[_code] = ord("2")
+    elif _char.isdigit() and _char.isascii():
+        _CARD_CLASSES[_code] = ord("0")
+    elif _char.isascii() and _char.isalpha():
+        _CARD_CLASSES[_code] = ord("a")
+    elif _char in " -":
+        _CARD_CLASSES[_code] = _code
+_CARD_MAP = bytes(_CARD_CLASSES)
+del _CARD_CLASSES, _code, _char
+_CARD_MAPPED = re.compile(rb"2(?<![02a-]2)(?:[ -]?[02]){12,18}(?![02a-])")
+# Bearer and Basic in an ASCII text lowered once: a literal start for the engine to find.
+_BEARER_LOWER = re.compile(r"bearer(?<![a-z0-9_]bearer)\s++([a-z0-9\-._~+/%]++=*+)")
+_BASIC_LOWER = re.compile(r"basic(?<![a-z0-9_]basic)\s++([a-z0-9+/]{4,}+={0,2}+)")
+_LUHN_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+_LUHN_TABLE = bytes.maketrans(b"0123456789", b"0246813579")
+_RE_FLAGS = re.IGNORECASE | re.MULTILINE | re.DOTALL | re.UNICODE | re.ASCII
+
 _PLAIN, _SECRET, _TEXT, _QUERY = 0, 1, 2, 3
+_SECRETS = frozenset({_SECRET})
 _SCALARS = frozenset({int, float, bool, type(None)})
 _flat_types = frozenset({str, int, float, bool, type(None)}).issuperset
 # Bounds on the per-Redactor caches, so that events with ever-new keys or messages cannot
@@ -289,67 +477,68 @@ _MAX_CACHED_TEXT_LENGTH = 256
 
 def luhn_valid(digits: str) -> bool:
     """Whether a string of digits passes the Luhn checksum that payment card numbers carry."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+    if not digits.isascii():
+        total = sum(_LUHN_DOUBLED[int(c)] if i % 2 else int(c) for i, c in enumerate(digits[::-1]))
+        return total % 10 == 0
+    # Summed as bytes, at C level: every other digit (from the right) doubled by a table.
+    reverse = digits[::-1].encode("ascii")
+    doubled = reverse[1::2].translate(_LUHN_TABLE)
+    return (sum(reverse[::2]) + sum(doubled) - 48 * len(reverse)) % 10 == 0
 
 
 def normalize_key(key: str) -> str:
     """The form keys are compared in: lowercase, without ``-``, ``_``, ``.``, spaces, brackets."""
-    return key.lower().translate(_KEY_SEPARATORS)
+    # str.replace six times costs a quarter of one str.translate with a deletion table.
+    key = key.lower()
+    for separator in _KEY_SEPARATORS:
+        if separator in key:
+            key = key.replace(separator, "")
+    return key
 
 
-class _ValuePattern:
-    """One compiled value pattern plus the cheap checks that let most strings skip it."""
+def drop_cut_token(text: str) -> str:
+    """``text``, cut by a size cap, without what may be the front of a secret at its end.
 
-    __slots__ = ("hints", "min_digits", "regex", "replace", "validate")
+    The last token (letters, digits, base64 and URL punctuation: half a JWT, ``passw``,
+    ``token=ab``) is dropped, then any digits, spaces and hyphens before it (the first groups
+    of a card number). Linear: the end is read backwards once.
 
-    def __init__(self, regex: re.Pattern[str], censor: str) -> None:
-        self.regex = regex
-        # Literal substrings one of which every match contains: a C-level ``in`` rules most
-        # strings out before the (much slower) regular expression engine runs.
-        self.hints: tuple[str, ...] = ()
-        self.min_digits = 0
-        self.validate: Callable[[str], bool] | None = None
-        if regex is BEARER_TOKEN:
-            self.hints = ("earer", "EARER")
-        elif regex is JWT:
-            self.hints = ("eyJ",)
-        elif regex is URL_PASSWORD:
-            self.hints = ("://",)
-        elif regex is CARD_NUMBER:
-            self.min_digits = 13
-            self.validate = _card_number
-        has_secret_group = "secret" in regex.groupindex
+    >>> drop_cut_token("card 4111 1111 1111 11")
+    'card'
+    """
+    reverse = text[::-1]
+    end = _CUT_TOKEN.match(reverse).end()  # type: ignore[union-attr]  # matches "" at worst
+    end = _CUT_DIGITS.match(reverse, end).end()  # type: ignore[union-attr]
+    return text[: len(text) - end]
 
-        def replace(match: re.Match[str]) -> str:
-            text = match.group(0)
-            if self.validate is not None and not self.validate(text):
-                return text
-            if has_secret_group and match.group("secret") is not None:
-                start, end = match.span("secret")
-                base = match.start()
-                return text[: start - base] + censor + text[end - base :]
-            return censor
 
-        self.replace = replace
+def _card_number(text: str) -> bool:
+    digits = text.replace(" ", "").replace("-", "")
+    if luhn_valid(digits):
+        return True
+    # A card number followed or preceded by another group (``4111 1111 1111 1111 123``, its
+    # CVV): any run of whole groups holding 13 to 19 digits that passes the check.
+    if not 1 <= len(text) - len(digits) <= 5:
+        return False
+    groups = re.split(r"[ -]", text)
+    for first in range(len(groups)):
+        run = ""
+        for group in groups[first:]:
+            run += group
+            if len(run) > 19:
+                break
+            if len(run) >= 13 and luhn_valid(run):
+                return True
+    return False
 
-    def apply(self, text: str) -> str:
-        if self.hints:
-            for hint in self.hints:
-                if hint in text:
-                    break
-            else:
-                return text
-        if self.min_digits and (len(text) < self.min_digits or _digits(text) < self.min_digits):
-            return text
-        return self.regex.sub(self.replace, text)
+
+def _basic_credentials(token: str) -> bool:
+    try:
+        decoded = binascii.a2b_base64(token + "=" * (-len(token) % 4), strict_mode=True)
+        text = decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return ":" in text and text.isprintable()
 
 
 def _digits(text: str) -> int:
@@ -357,8 +546,189 @@ def _digits(text: str) -> int:
     return text.encode("latin-1", "ignore").translate(_DIGIT_MARKS).count(1)
 
 
-def _card_number(text: str) -> bool:
-    return luhn_valid(text.replace(" ", "").replace("-", ""))
+# What lets a text skip a built-in pattern without running it: characters one of which every
+# match holds (the gate: a short text holding none of any pattern's is done at once), literals
+# one of which every match holds (a C-level ``in`` rules most strings out), or a minimum count
+# of digits; and the check a match must pass to be replaced.
+_BuiltIn = tuple[str, tuple[str, ...], int, Callable[[str], bool] | None]
+_BUILT_IN: dict[re.Pattern[str], _BuiltIn] = {
+    BEARER_TOKEN: ("bB", ("earer", "EARER"), 0, None),
+    BASIC_CREDENTIALS: ("bB", ("asic", "ASIC"), 0, _basic_credentials),
+    JWT: ("J", ("eyJ",), 0, None),
+    AWS_ACCESS_KEY_ID: ("I", ("AKIA", "ASIA"), 0, None),
+    GITHUB_TOKEN: ("_", ("gh", "github_pat_"), 0, None),
+    GITLAB_TOKEN: ("-", ("gl",), 0, None),
+    SLACK_TOKEN: ("-", ("xox",), 0, None),
+    SLACK_WEBHOOK: ("/", ("hooks.slack.com",), 0, None),
+    STRIPE_KEY: ("_", ("k_live_", "k_test_", "whsec_"), 0, None),
+    GOOGLE_API_KEY: ("I", ("AIza",), 0, None),
+    PRIVATE_KEY: ("Y", ("PRIVATE KEY",), 0, None),
+    CARD_NUMBER: ("", (), 13, _card_number),
+    URL_PASSWORD: ("@", ("://",), 0, None),
+}
+# Texts up to this length are checked against the gates first.
+_GATED_LENGTH = 256
+_BUILT_IN_SOURCES = {pattern.pattern: pattern for pattern in _BUILT_IN}
+
+
+# A finder yields, in order and without overlaps, each place where Python had to look at a
+# match: the span to replace, and whether to replace it (a card number failing the Luhn check:
+# False). Each costs one unit of the value's findings budget.
+_Finder = Callable[[str], Iterator[tuple[int, int, bool]]]
+
+
+class _ValuePattern:
+    """One value pattern: the cheap checks that let most strings skip it, and its finder."""
+
+    __slots__ = ("find", "gate", "hints", "min_digits")
+
+    def __init__(self, pattern: str | re.Pattern[str], option: str) -> None:
+        if isinstance(pattern, str):
+            pattern = _BUILT_IN_SOURCES.get(pattern, pattern)
+        built_in = _BUILT_IN.get(pattern) if isinstance(pattern, re.Pattern) else None
+        self.gate = ""  # none: the pattern is tried on every text
+        self.hints: tuple[str, ...] = ()
+        self.min_digits = 0
+        self.find: _Finder
+        if built_in is not None and isinstance(pattern, re.Pattern):
+            self.gate, self.hints, self.min_digits, validate = built_in
+            if pattern is CARD_NUMBER:
+                self.find = _find_card_numbers
+            elif pattern is BEARER_TOKEN:
+                self.find = _lowered_finder(pattern, _BEARER_LOWER, validate)
+            elif pattern is BASIC_CREDENTIALS:
+                self.find = _lowered_finder(pattern, _BASIC_LOWER, validate)
+            else:
+                self.find = _regex_finder(pattern, validate)
+        else:
+            self.find = _re2_finder(_linear_time(pattern, option))
+
+
+def _regex_finder(regex: re.Pattern[str], validate: Callable[[str], bool] | None) -> _Finder:
+    group = regex.groupindex.get("secret", 0)
+
+    def find(text: str) -> Iterator[tuple[int, int, bool]]:
+        for match in regex.finditer(text):
+            start, end = match.span(group)
+            if start < 0:  # the group did not take part: the whole match
+                start, end = match.span()
+            yield start, end, start < end and (validate is None or validate(text[start:end]))
+
+    return find
+
+
+def _lowered_finder(
+    regex: re.Pattern[str], lower: re.Pattern[str], validate: Callable[[str], bool] | None
+) -> _Finder:
+    """``Bearer`` and ``Basic``, any case: searched from a literal start in the lowered text."""
+    on_text = _regex_finder(regex, validate)
+
+    def find(text: str) -> Iterator[tuple[int, int, bool]]:
+        if not text.isascii():  # lowering may move characters: search the text itself
+            yield from on_text(text)
+            return
+        for match in lower.finditer(text.lower()):
+            start, end = match.span(1)
+            yield start, end, validate is None or validate(text[start:end])
+
+    return find
+
+
+def _find_card_numbers(text: str) -> Iterator[tuple[int, int, bool]]:
+    classes = text.encode("latin-1", "replace").translate(_CARD_MAP)
+    for match in _CARD_MAPPED.finditer(classes):
+        start, end = match.span()
+        yield start, end, _card_number(text[start:end])
+
+
+def _replace(
+    text: str, found: Iterator[tuple[int, int, bool | None]], censor: str, budget: int
+) -> tuple[str, int, int]:
+    """``text`` with what ``found`` says replaced by ``censor``; the budget left, and how many
+    characters were cut because it ran out (then the budget left is -1: the next finding in
+    any later pass cuts too) or ``found`` said so (``None``: cut here)."""
+    pieces: list[str] = []
+    last = 0
+    for start, end, secret in found:
+        if budget <= 0 or secret is None:
+            # Out of findings: what was not looked at is cut, never passed on unsearched.
+            head = "".join(pieces) + text[last:start]
+            kept = drop_cut_token(head)
+            left = budget if secret is None and budget > 0 else -1
+            return kept, left, len(text) - start + len(head) - len(kept)
+        budget -= 1
+        if secret:
+            pieces += (text[last:start], censor)
+            last = end
+    if not pieces:
+        return text, budget, 0
+    pieces.append(text[last:])
+    return "".join(pieces), budget, 0
+
+
+# How many matches Python may look at in one value: 16, and one per 128 characters. Each costs
+# a microsecond or so, where a character of ordinary text costs a few nanoseconds: text packed
+# with matches (thousands of ``password=x``, of names never seen, of card-like numbers) would
+# otherwise cost many times what ordinary text of its length does.
+_FINDINGS = 16
+_CHARS_PER_FINDING = 128
+
+
+def _linear_time(pattern: str | re.Pattern[str], option: str) -> Any:
+    """``pattern`` compiled by RE2, or ``ValueError`` saying why it cannot run in linear time."""
+    import re2  # only patterns users add need it: imported when the first one is compiled
+
+    if isinstance(pattern, re.Pattern):
+        source, flags = pattern.pattern, pattern.flags
+    else:
+        source, flags = pattern, 0
+    if flags & ~_RE_FLAGS:
+        msg = (
+            f"Redactor({option}=...): {pattern!r} uses flags RE2 has no equivalent for "
+            f"({re.RegexFlag(flags & ~_RE_FLAGS)!r}); write them inline or leave them out"
+        )
+        raise ValueError(msg)
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not flags & re.IGNORECASE
+    inline = ("(?m)" if flags & re.MULTILINE else "") + ("(?s)" if flags & re.DOTALL else "")
+    try:
+        return re2.compile(inline + source, options)
+    except re2.error as exc:
+        msg = (
+            f"Redactor({option}=...): {pattern!r} cannot run in linear time: RE2 refuses it "
+            f"({exc}). Patterns run on RE2, which has no look-around, backreferences, "
+            "possessive or atomic groups; rewrite it without them"
+        )
+        raise ValueError(msg) from None
+
+
+def _re2_finder(regex: Any) -> _Finder:
+    group = regex.groupindex.get("secret", 0)
+
+    def find(text: str) -> Iterator[tuple[int, int, bool]]:
+        # RE2 searches UTF-8 bytes: encode once (lone surrogates too, which a str search
+        # would refuse) and turn byte offsets into character offsets as the matches come.
+        data = text.encode("utf-8", "surrogatepass")
+        ascii_only = len(data) == len(text)
+        chars = at = 0  # character offset of byte offset ``at``
+        for match in regex.finditer(data):
+            start, end = match.span(group)
+            if start < 0:
+                start, end = match.span()
+            if not ascii_only:
+                try:
+                    chars += len(data[at:start].decode("utf-8", "surrogatepass"))
+                    span = len(data[start:end].decode("utf-8", "surrogatepass"))
+                except UnicodeDecodeError:  # a match inside a character: hide the rest
+                    yield chars, len(text), True
+                    return
+                at = end
+                start, end = chars, chars + span
+                chars = end
+            yield start, end, start < end
+
+    return find
 
 
 class _KeyKinds(dict[Any, int]):
@@ -380,21 +750,31 @@ class Redactor:
     """Processor: replaces secrets anywhere in the event with ``censor``, copying on write.
 
     *Keys*: a value whose key names a secret is replaced whole, at any depth of dicts, lists
-    and tuples, in ``(name, value)`` pairs such as ASGI header lists, and parameter by parameter
-    in query strings (``query``). Keys are compared normalised: lowercase, without ``-``, ``_``,
-    ``.``, spaces and brackets, so ``API-Key``, ``api_key``, ``apiKey`` and ``X-Api-Key`` all
-    end in ``apikey``. A key written ``*word*`` matches keys containing the word, ``*word`` keys
-    ending in it, and a bare ``word`` only itself: ``*token`` catches ``access_token`` and
-    ``X-CSRF-Token`` but not ``token_count``; ``*authorization*`` never matches ``author``.
+    and tuples, in ``(name, value)`` pairs such as ASGI header lists, parameter by parameter
+    in query strings (``query``), and after ``name=`` or ``"name":`` in free text. Keys are
+    compared normalised: lowercase, without ``-``, ``_``, ``.``, spaces and brackets, so
+    ``API-Key``, ``api_key``, ``apiKey`` and ``X-Api-Key`` all end in ``apikey``. A key
+    written ``*word*`` matches keys containing the word, ``*word`` keys ending in it, a bare
+    ``word`` only itself, and ``!word`` is a word that makes no key secret: ``*token``
+    catches ``access_token`` and ``X-CSRF-Token`` but not ``token_count``;
+    ``*authorization*`` never matches ``author``; ``!secretary`` keeps ``secretary_email``.
     ``None`` and booleans are kept (``has_password=True`` hides nothing).
 
     *Values*: strings under free-text keys (``event``, ``error_message``, ``exception``,
-    ``stack``, bodies...; at any depth below them) are searched for ``patterns``: bearer tokens,
-    JWTs, Luhn-valid card numbers, passwords in URLs, and secret parameters of URLs.
+    ``stack``, bodies, header mappings...), strings nested in any dict, list or tuple, and
+    query strings are searched for ``patterns``: private keys, JWTs, AWS, GitHub, GitLab,
+    Slack, Stripe and Google credentials, bearer tokens, HTTP Basic credentials, passwords in
+    URLs, Luhn-valid card numbers. At most ``max_scan_chars`` characters of one value are
+    searched: a longer value is cut there (at a token boundary) and ends with
+    ``...[cut: N more characters]``; so is a value packed with more matches than its length
+    warrants (thousands of ``password=x``). Top-level fields under other keys (IDs, paths,
+    the timestamp) are never rewritten by a pattern.
 
     ``keys`` replaces :data:`DEFAULT_KEYS`, ``extra_keys`` adds to them; ``patterns`` replaces
     :data:`DEFAULT_PATTERNS`, ``extra_patterns`` adds to them. A pattern with a group named
-    ``secret`` has only that group replaced, otherwise the whole match.
+    ``secret`` has only that group replaced, otherwise the whole match. Patterns you add run
+    on RE2, in time linear in the text; one RE2 cannot run (look-around, backreferences) is
+    refused with ``ValueError``.
 
     The caller's objects are never changed: a nested dict, list or tuple holding a secret is
     copied (with every container on the way to it), the rest is shared; an event without
@@ -416,6 +796,7 @@ class Redactor:
         text_keys: Iterable[str] | None = None,
         query_keys: Iterable[str] | None = None,
         max_depth: int = 32,
+        max_scan_chars: int = DEFAULT_MAX_SCAN_CHARS,
     ) -> None:
         if not isinstance(censor, str):
             msg = f"Redactor(censor=...): expected a string, got {censor!r}"
@@ -423,9 +804,20 @@ class Redactor:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
             msg = f"Redactor(max_depth=...): expected a positive integer, got {max_depth!r}"
             raise ValueError(msg)
+        if (
+            isinstance(max_scan_chars, bool)
+            or not isinstance(max_scan_chars, int)
+            or max_scan_chars < 4 * _CUT_NOTE_ROOM
+        ):
+            msg = (
+                "Redactor(max_scan_chars=...): expected a number of characters of at least "
+                f"{4 * _CUT_NOTE_ROOM}, got {max_scan_chars!r}"
+            )
+            raise ValueError(msg)
         self.censor = censor
         self._censor_bytes = censor.encode("utf-8")
         self.max_depth = max_depth
+        self.max_scan_chars = max_scan_chars
         key_specs = [
             *(_names(DEFAULT_KEYS if keys is None else keys, "keys")),
             *_names(extra_keys, "extra_keys"),
@@ -433,12 +825,15 @@ class Redactor:
         exact: set[str] = set()
         suffixes: set[str] = set()
         contains: set[str] = set()
+        plain: set[str] = set()
         for spec in key_specs:
-            word = normalize_key(spec.strip("*"))
+            word = normalize_key(spec.lstrip("!").strip("*"))
             if not word:
                 msg = f"Redactor(keys=...): {spec!r} names no key"
                 raise ValueError(msg)
-            if spec.startswith("*") and spec.endswith("*") and len(spec) > 1:
+            if spec.startswith("!"):
+                plain.add(word)
+            elif spec.startswith("*") and spec.endswith("*") and len(spec) > 1:
                 contains.add(word)
             elif spec.startswith("*"):
                 suffixes.add(word)
@@ -447,6 +842,11 @@ class Redactor:
         self._exact = frozenset(exact)
         self._suffixes = tuple(sorted(suffixes))
         self._contains = tuple(sorted(contains))
+        # Longest first, so that a word holding another is removed whole. One compiled
+        # search each instead of a loop of ``in``: a key is classified in well under a
+        # microsecond, which matters when a text holds thousands of names never seen before.
+        self._plain_words = _words_pattern(sorted(plain, key=lambda w: (-len(w), w)))
+        self._contains_words = _words_pattern(sorted(contains))
         self._text_keys = frozenset(
             normalize_key(k)
             for k in _names(DEFAULT_TEXT_KEYS if text_keys is None else text_keys, "text_keys")
@@ -455,14 +855,24 @@ class Redactor:
             normalize_key(k)
             for k in _names(DEFAULT_QUERY_KEYS if query_keys is None else query_keys, "query_keys")
         )
-        compiled = [
-            *_compile(DEFAULT_PATTERNS if patterns is None else patterns, "patterns"),
-            *_compile(extra_patterns, "extra_patterns"),
+        given = [
+            *_patterns(DEFAULT_PATTERNS if patterns is None else patterns, "patterns"),
+            *_patterns(extra_patterns, "extra_patterns"),
         ]
-        self.patterns: tuple[re.Pattern[str], ...] = tuple(compiled)
-        self._patterns = tuple(_ValuePattern(p, censor) for p in compiled)
+        self.patterns: tuple[str | re.Pattern[str], ...] = tuple(p for p, _ in given)
+        self._patterns = tuple(_ValuePattern(p, option) for p, option in given)
+        self._gates = frozenset("".join(p.gate for p in self._patterns))
+        self._ungated = tuple(p for p in self._patterns if not p.gate)
+        self._has_keys = bool(self._exact or self._suffixes or self._contains)
+        self._text_values, self._query_values = _value_patterns(censor)
+        words = (*self._exact, *self._suffixes, *self._contains)
+        self._assignment_names, self._assignment_parts = _assignment_patterns(
+            min(map(len, words), default=1)
+        )
         self._kinds = _KeyKinds(self._classify)
-        self._clean: set[str] = set()
+        self._reversed_kinds = _KeyKinds(self._classify_reversed)
+        self._clean_text: set[str] = set()
+        self._clean_query: set[str] = set()
         self._shapes: dict[tuple[Any, ...], tuple[tuple[Any, int], ...]] = {}
 
     def __repr__(self) -> str:
@@ -478,14 +888,26 @@ class Redactor:
             key = key.decode("latin-1")
         if not isinstance(key, str):
             return _PLAIN
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)  # a query parameter's name, as the application reads it
         return self._classify_name(normalize_key(key))
 
+    def _classify_reversed(self, name: str) -> int:
+        """A name found in free text, reversed (as the search finds it)."""
+        name = name[::-1]
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        return self._classify_name(normalize_key(name))
+
     def _classify_name(self, name: str) -> int:
-        if name in self._exact or name.endswith(self._suffixes):
+        if self._plain_words.search(name):
+            name = self._plain_words.sub(" ", name)
+        if (
+            name in self._exact
+            or name.endswith(self._suffixes)
+            or self._contains_words.search(name)
+        ):
             return _SECRET
-        for word in self._contains:
-            if word in name:
-                return _SECRET
         if name in self._query_keys:
             return _QUERY
         if name in self._text_keys:
@@ -507,17 +929,19 @@ class Redactor:
         if special is None:
             special = self._learn_shape(event_dict)
         if _flat_types(map(type, event_dict.values())):
-            clean = self._clean
+            clean_text = self._clean_text
             for key, kind in special:
                 value = event_dict[key]
-                if kind == _SECRET:
+                if kind == _TEXT:
+                    if value in clean_text or type(value) is not str:
+                        continue  # a message seen before without secrets, or a number
+                    new = self._scan(value)
+                elif kind == _SECRET:
                     new = self._mask(value)
-                elif value in clean:  # a message or query seen before, without secrets
+                elif value in self._clean_query or type(value) is not str:
                     continue
-                elif kind == _TEXT:
-                    new = self._scan(value) if type(value) is str else value
                 else:
-                    new = self._query_value(value)
+                    new = self.redact_query(value)
                 if new is not value:
                     event_dict[key] = new
             return event_dict
@@ -541,9 +965,11 @@ class Redactor:
                 cls = type(value)
                 if cls is str or cls in _SCALARS:
                     continue
-                new = self._walk(value, False, 1)
+                # Top-level fields under other keys (IDs, paths) are not searched; what
+                # they hold in containers is.
+                new = value if isinstance(value, str | bytes) else self._walk(value, 1)
             elif kind == _TEXT:
-                new = self._walk(value, True, 1)
+                new = self._walk(value, 1)
             elif kind == _SECRET:
                 new = self._mask(value)
             else:
@@ -561,34 +987,184 @@ class Redactor:
     def redact(self, value: Any) -> Any:
         """``value`` with its secrets redacted: the same object when it holds none.
 
-        For structures logged outside the chain, such as a parsed request body.
+        For structures logged outside the chain, such as a parsed request body: keys are
+        looked at, and every string in it is searched like free text.
         """
-        return self._walk(value, False, 0)
+        return self._walk(value, 0)
 
     def redact_text(self, text: str) -> str:
-        """``text`` with the value patterns (bearer tokens, JWTs, card numbers...) replaced."""
+        """``text`` with secret-looking values (tokens, keys, card numbers, ``password=...``)
+        replaced."""
         return self._scan(text)
 
     def redact_query(self, query: str) -> str:
-        """A query string with each secret parameter's value replaced.
+        """A query string with each secret parameter's value replaced, and secret-looking
+        values (tokens, keys...) in the others.
 
         >>> Redactor().redact_query("q=shoes&api%5Fkey=abc&token=x&token=y")
         'q=shoes&api%5Fkey=[REDACTED]&token=[REDACTED]&token=[REDACTED]'
         """
-        if not query or "=" not in query:
-            return query
-        kinds = self._kinds
-        parts = query.split("&")
-        changed = False
-        for index, part in enumerate(parts):
-            raw_name, sep, value = part.partition("=")
-            if not sep or not value:
+        return self._cached(query, self._clean_query, query=True)
+
+    # -- searching text ------------------------------------------------------------------------
+
+    def _scan(self, text: str) -> str:
+        """Free text with its secret-looking values replaced."""
+        return self._cached(text, self._clean_text, query=False)
+
+    def _cached(self, text: str, clean: set[str], *, query: bool) -> str:
+        # Only "this string is clean" is remembered, per way of searching (free text, query):
+        # the same string found under another kind of key is searched again.
+        if not text:
+            return text
+        short = len(text) <= _MAX_CACHED_TEXT_LENGTH
+        if short and text in clean:
+            return text
+        result = self._search(text, query=query)
+        if result == text:
+            if short:
+                if len(clean) >= _MAX_CACHED_TEXTS:
+                    clean.clear()
+                clean.add(text)
+            return text
+        return result
+
+    def _search(self, text: str, *, query: bool) -> str:
+        cut = 0
+        if len(text) > self.max_scan_chars:
+            kept = drop_cut_token(text[: self.max_scan_chars - _CUT_NOTE_ROOM])
+            cut = len(text) - len(kept)
+            text = kept
+        budget = _FINDINGS + len(text) // _CHARS_PER_FINDING
+        censor = self.censor
+        result = text
+        if self._has_keys and ("=" in result or ":" in result):
+            # The names before ``=`` and ``:``, found and classified at C level (``findall`` in
+            # the reversed text, ``map`` over the cache of names): Python looks only at secret
+            # names and names never seen, when there are any.
+            reverse = result[::-1].replace(":", "=")
+            names = self._assignment_names.findall(reverse)
+            if names:
+                kinds = list(map(self._reversed_kinds.get, names))  # None: never seen
+                if _SECRET in kinds or None in kinds:
+                    values = self._query_values if query else self._text_values
+                    found = self._find_assignments(result, names, budget, values)
+                    result, budget, dropped = _replace(result, found, censor, budget)
+                    cut += dropped
+        patterns = self._patterns
+        if len(result) <= _GATED_LENGTH and self._gates.isdisjoint(result):
+            patterns = self._ungated  # most short texts: no pattern's gate character in them
+        # The hints, inlined: most strings are ruled out by these C-level checks alone, and a
+        # method call per pattern and string is a noticeable share of the cost.
+        for pattern in patterns:
+            hints = pattern.hints
+            if hints:
+                for hint in hints:
+                    if hint in result:
+                        break
+                else:
+                    continue
+            min_digits = pattern.min_digits
+            if min_digits and (len(result) < min_digits or _digits(result) < min_digits):
                 continue
-            name = unquote_plus(raw_name) if "%" in raw_name or "+" in raw_name else raw_name
-            if kinds[name] == _SECRET:
-                parts[index] = f"{raw_name}={self.censor}"
-                changed = True
-        return "&".join(parts) if changed else query
+            result, budget, dropped = _replace(result, pattern.find(result), censor, budget)
+            cut += dropped
+        if query and ("%" in result or "+" in result):
+            result, budget, dropped = _replace(result, self._find_encoded(result), censor, budget)
+            cut += dropped
+        if cut:
+            return f"{result}...[cut: {cut} more characters]"
+        return result
+
+    def _find_assignments(
+        self, text: str, names: list[str], budget: int, values: re.Pattern[str]
+    ) -> Iterator[tuple[int, int, bool | None]]:
+        """The value after each secret name (``token=...``, ``"password": "..."``), given the
+        names found in the text reversed (last first).
+
+        Python classifies each distinct name once (at most ``budget`` of them: the text is cut
+        where the next one first appears) and looks at the occurrences of secret names only.
+        Where the cut falls depends on the text alone, never on what the caches hold.
+        """
+        in_order = names[::-1]
+        distinct = dict.fromkeys(in_order)
+        classify = self._reversed_kinds.__getitem__
+        kind_of = {name: classify(name) for name in islice(distinct, budget)}
+        kinds = list(map(kind_of.get, in_order))  # None: a name past the cut
+        stop = len(kinds) if len(distinct) <= budget else kinds.index(None)
+        secrets = list(compress(count(), map(_SECRETS.__contains__, kinds)))
+        if len(secrets) > budget:  # the budget runs out on a finding: no need to go past it
+            stop = min(stop, secrets[budget] + 1)
+        wanted = stop + 1 if stop < len(kinds) else stop
+        starts = self._assignment_starts(text, wanted, len(kinds))
+        censor = self.censor
+        last = 0
+        for index in secrets:
+            if index >= stop:
+                break
+            name_start, value_start = starts[index]
+            if name_start < last:
+                continue  # inside a value already replaced
+            value = values.match(text, value_start)
+            if value is None:
+                continue
+            start, end = value.span(value.lastindex or 0)
+            if start == end or text.startswith(censor, start):
+                continue
+            yield start, end, True
+            last = end
+        if stop < len(kinds):
+            yield max(starts[stop][0], last), 0, None  # cut here: too many names to look at
+
+    def _assignment_starts(self, text: str, wanted: int, total: int) -> list[tuple[int, int]]:
+        """Where the first ``wanted`` names (in text order) and their values start.
+
+        The names of a prefix of the text are those of the whole whose separator lies in it:
+        only a prefix long enough is split (at C level, per name), doubled until it is, so a
+        text cut early costs no work per name past the cut.
+        """
+        # Where the names would end if they were spread evenly, and some.
+        end = min(len(text), len(text) * wanted // total * 5 // 4 + 256)
+        while True:
+            reverse = text[:end][::-1].replace(":", "=")
+            parts = self._assignment_parts.split(reverse)  # text, separator, name, text...
+            if len(parts) // 3 >= wanted or end >= len(text):
+                break
+            end *= 2
+        offsets = list(accumulate(map(len, parts)))  # where each part ends, in ``reverse``
+        found = len(parts) // 3
+        return [
+            (end - offsets[3 * index + 2], end - offsets[3 * index])  # name, value
+            for index in range(found - 1, max(found - 1 - wanted, -1), -1)
+        ]
+
+    def _find_encoded(self, query: str) -> Iterator[tuple[int, int, bool]]:
+        """Percent-encoded query values whose decoded form holds a secret (``q=Bearer%20x``):
+        replaced whole."""
+        length = len(query)
+        at = 0
+        percent = plus = -1
+        while at < length:
+            if percent < at:
+                percent = query.find("%", at)
+                percent = length if percent < 0 else percent
+            if plus < at:
+                plus = query.find("+", at)
+                plus = length if plus < 0 else plus
+            hit = min(percent, plus)
+            if hit >= length:
+                return
+            start = query.rfind("&", 0, hit) + 1
+            end = query.find("&", hit)
+            end = length if end < 0 else end
+            name, separator, value = query[start:end].partition("=")
+            value_start = start + len(name) + 1
+            if separator and value_start <= hit:
+                decoded = unquote_plus(value)
+                yield value_start, end, self._scan(decoded) != decoded
+            else:
+                yield start, start, False
+            at = end + 1
 
     # -- walking -------------------------------------------------------------------------------
 
@@ -613,102 +1189,65 @@ class Redactor:
 
     def _query_value(self, value: Any) -> Any:
         if isinstance(value, str):
-            if value in self._clean:
-                return value
-            return self._scan(self.redact_query(value))
+            return self.redact_query(str(value))
         if isinstance(value, bytes):
             text = value.decode("latin-1")
-            redacted = self._scan(self.redact_query(text))
+            redacted = self.redact_query(text)
             return value if redacted == text else redacted.encode("latin-1", "replace")
-        return self._walk(value, False, 1)
+        return self._walk(value, 1)
 
-    def _scan(self, text: str) -> str:
-        if not text:
-            return text
-        clean = self._clean
-        short = len(text) <= _MAX_CACHED_TEXT_LENGTH
-        if short and text in clean:
-            return text
-        result = text
-        # _ValuePattern.apply, inlined: most strings are ruled out by the C-level checks
-        # alone, and a method call per pattern and string is a noticeable share of the cost.
-        for pattern in self._patterns:
-            hints = pattern.hints
-            if hints:
-                for hint in hints:
-                    if hint in result:
-                        break
-                else:
-                    continue
-            min_digits = pattern.min_digits
-            if min_digits and (len(result) < min_digits or _digits(result) < min_digits):
-                continue
-            result = pattern.regex.sub(pattern.replace, result)
-        if "?" in result and "=" in result:
-            result = _URL_PARAM.sub(self._url_param, result)
-        if result == text:
-            if short:
-                if len(clean) >= _MAX_CACHED_TEXTS:
-                    clean.clear()
-                clean.add(text)
-            return text
-        return result
+    def _scan_bytes(self, value: bytes) -> bytes:
+        text = value.decode("latin-1")
+        redacted = self._scan(text)
+        return value if redacted is text else redacted.encode("latin-1", "replace")
 
-    def _url_param(self, match: re.Match[str]) -> str:
-        raw_name = match.group(1)
-        name = unquote_plus(raw_name) if "%" in raw_name or "+" in raw_name else raw_name
-        if match.group(2) and self._kinds[name] == _SECRET:
-            return f"{raw_name}={self.censor}"
-        return match.group(0)
-
-    def _walk(self, value: Any, scan: bool, depth: int) -> Any:
+    def _walk(self, value: Any, depth: int) -> Any:
         cls = type(value)
         if cls is str:
-            return self._scan(value) if scan else value
+            return self._scan(value)
         if cls in _SCALARS:
             return value
         if cls is dict:
-            return self._walk_mapping(value, scan, depth)
+            return self._walk_mapping(value, depth)
         if cls is list or cls is tuple:
-            return self._walk_sequence(value, scan, depth)
+            return self._walk_sequence(value, depth)
+        if cls is bytes:
+            return self._scan_bytes(value)
         if isinstance(value, str):
-            return self._scan(str(value)) if scan else value
+            return self._scan(str(value))
         if isinstance(value, Mapping):
-            return self._walk_mapping(value, scan, depth)
+            return self._walk_mapping(value, depth)
         if isinstance(value, list | tuple):
-            return self._walk_sequence(value, scan, depth)
+            return self._walk_sequence(value, depth)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             # orjson writes dataclasses field by field: redact them the same way.
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-            redacted = self._walk_mapping(fields, scan, depth)
+            redacted = self._walk_mapping(fields, depth)
             return value if redacted is fields else redacted
         return value
 
-    def _walk_mapping(self, mapping: Mapping[Any, Any], scan: bool, depth: int) -> Any:
+    def _walk_mapping(self, mapping: Mapping[Any, Any], depth: int) -> Any:
         if depth > self.max_depth:
             return self.censor
         kinds = self._kinds
         out: dict[Any, Any] | None = None
         for key, value in mapping.items():
             kind = kinds[key]
-            if kind == _PLAIN:
-                cls = type(value)
-                if cls in _SCALARS or (cls is str and not scan):
-                    continue
-                new = self._walk(value, scan, depth + 1)
-            elif kind == _TEXT:
-                new = self._walk(value, True, depth + 1)
-            elif kind == _SECRET:
+            if kind == _SECRET:
                 new = self._mask(value)
-            else:
+            elif kind == _QUERY:
                 new = self._query_value(value)
+            elif type(value) in _SCALARS:
+                continue
+            else:
+                new = self._walk(value, depth + 1)
             if new is not value:
                 if out is None:
                     out = dict(mapping)
                 out[key] = new
         return mapping if out is None else out
 
-    def _walk_sequence(self, seq: list[Any] | tuple[Any, ...], scan: bool, depth: int) -> Any:
+    def _walk_sequence(self, seq: list[Any] | tuple[Any, ...], depth: int) -> Any:
         if depth > self.max_depth:
             return self.censor
         if len(seq) == 2:
@@ -723,10 +1262,9 @@ class Redactor:
                 return (name, masked) if isinstance(seq, tuple) else [name, masked]
         out: list[Any] | None = None
         for index, item in enumerate(seq):
-            cls = type(item)
-            if cls in _SCALARS or (cls is str and not scan):
+            if type(item) in _SCALARS:
                 continue
-            new = self._walk(item, scan, depth + 1)
+            new = self._walk(item, depth + 1)
             if new is not item:
                 if out is None:
                     out = list(seq)
@@ -734,6 +1272,11 @@ class Redactor:
         if out is None:
             return seq
         return tuple(out) if isinstance(seq, tuple) else out
+
+
+def _words_pattern(words: Iterable[str]) -> re.Pattern[str]:
+    """A pattern finding any of ``words`` (none: a pattern that never matches)."""
+    return re.compile("|".join(map(re.escape, words)) or "(?!)")
 
 
 def _names(values: Iterable[str], option: str) -> list[str]:
@@ -748,27 +1291,32 @@ def _names(values: Iterable[str], option: str) -> list[str]:
     return names
 
 
-def _compile(values: Iterable[str | re.Pattern[str]], option: str) -> list[re.Pattern[str]]:
+def _patterns(
+    values: Iterable[str | re.Pattern[str]], option: str
+) -> list[tuple[str | re.Pattern[str], str]]:
+    """The patterns of one option, checked: each a str or a compiled str pattern that can
+    match something (``ValueError`` otherwise; RE2's own checks come when it compiles them)."""
     if isinstance(values, str | bytes | re.Pattern) or not isinstance(values, Iterable):
         msg = f"Redactor({option}=...): expected a list of regular expressions, got {values!r}"
         raise ValueError(msg)
-    compiled: list[re.Pattern[str]] = []
+    checked: list[tuple[str | re.Pattern[str], str]] = []
     for value in values:
         if isinstance(value, re.Pattern) and isinstance(value.pattern, str):
-            compiled.append(value)
+            compiled = value
         elif isinstance(value, str):
             try:
-                compiled.append(re.compile(value))
+                compiled = re.compile(value)
             except re.error as exc:
                 msg = f"Redactor({option}=...): {value!r} is not a valid regular expression: {exc}"
                 raise ValueError(msg) from None
         else:
             msg = f"Redactor({option}=...): expected str or compiled str patterns, got {value!r}"
             raise ValueError(msg)
-        if compiled[-1].search("") is not None:
+        if compiled.search("") is not None:
             msg = f"Redactor({option}=...): {value!r} matches the empty string"
             raise ValueError(msg)
-    return compiled
+        checked.append((value, option))
+    return checked
 
 
 # --- sampling -------------------------------------------------------------------------------

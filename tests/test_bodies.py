@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 import reqlog
 from reqlog.bodies import describe_body
+from reqlog.processors import drop_cut_token
 from tests.conftest import listening_socket
 
 if TYPE_CHECKING:
@@ -255,10 +256,10 @@ def test_text_is_decoded_with_its_charset_and_cut_at_the_cap(log_output: LogOutp
     )
 
     event = access(log_output)
-    assert event["request_body"] == "héllo wö"
+    assert event["request_body"] == "héllo"  # "wö", what the cap left of a word, goes too
     assert event["request_body_truncated"] is True
     assert event["request_bytes"] == 11
-    assert event["response_body"] == "héllo wö"
+    assert event["response_body"] == "héllo"
     assert event["response_body_truncated"] is True
 
 
@@ -266,11 +267,40 @@ def test_a_character_cut_by_the_cap_is_left_out(log_output: LogOutput) -> None:
     log_output.configure()
     app = echo_app(log_request_body=True, body_max_bytes=4)
 
-    request(app, "POST", "/echo", content="abcé".encode(), headers={"content-type": "text/plain"})
+    request(app, "POST", "/echo", content="abc é".encode(), headers={"content-type": "text/plain"})
 
     event = access(log_output)
-    assert event["request_body"] == "abc"  # not "abc\ufffd"
+    assert event["request_body"] == "abc"  # not "abc \ufffd"
     assert event["request_body_truncated"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "front"),
+    [
+        ("paid with card 4111 1111 1111 1111 today", "4111 1111 1111"),  # 12 of 16 digits
+        ("paid with card 4111111111111111 today", "411111111111"),
+        ("Authorization: Bearer " + "mF_9.B5f-4.1JqMxyz" * 4 + " ok", "mF_9.B5f-4.1JqM"),
+        ("token=" + "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abcdefghij" + " ok", "eyJhbGci"),
+        ("login password=" + "correct-horse-battery" + " ok", "correct-horse"),
+    ],
+)
+def test_a_body_cut_by_the_cap_never_keeps_the_front_of_a_secret(
+    log_output: LogOutput, text: str, front: str
+) -> None:
+    # The cap falls inside the secret: what is left of it matches no pattern (12 digits are no
+    # card number, half a JWT no JWT), so the cut text must not end with it.
+    log_output.configure()
+    cap = text.index(front) + len(front)
+    app = echo_app(log_request_body=True, log_response_body=True, body_max_bytes=cap)
+
+    request(app, "POST", "/echo", content=text.encode(), headers={"content-type": "text/plain"})
+
+    event = access(log_output)
+    assert event["request_body_truncated"] is True
+    written = b"".join(log_output.lines()).decode()
+    assert front not in written
+    assert front[:8] not in event["request_body"]
+    assert event["request_body"] == event["response_body"]
 
 
 def test_truncated_json_is_summarised_never_raw(log_output: LogOutput) -> None:
@@ -467,7 +497,7 @@ def test_the_app_receives_every_chunk_unchanged(log_output: LogOutput) -> None:
             seen.append(part)
         return {"n": len(seen)}
 
-    sent = [b"a" * 7, b"b" * 1, b"c" * 30, b"d" * 5]
+    sent = [b"a" * 7, b" ", b"c " + b"c" * 28, b"d" * 5]
 
     async def body() -> AsyncIterator[bytes]:
         for part in sent:
@@ -477,7 +507,7 @@ def test_the_app_receives_every_chunk_unchanged(log_output: LogOutput) -> None:
 
     assert seen == [*sent, b""]  # the same chunks, then the end of the body
     event = access(log_output)
-    assert event["request_body"] == "aaaaaaabcc"
+    assert event["request_body"] == "aaaaaaa c"  # the first 10 bytes, from three chunks
     assert event["request_body_truncated"] is True
     assert event["request_bytes"] == 43
 
@@ -506,7 +536,9 @@ def test_ten_megabytes_chunked_upload_arrives_whole(log_output: LogOutput) -> No
     assert response.json() == {"sha256": expected}
     event = access(log_output)
     assert event["request_bytes"] == 10 * MB
-    assert event["request_body"] == chunk[:4096].decode("utf-8", "replace")
+    # the first 4096 bytes, decoded, less the last token the cap may have cut
+    assert event["request_body"] == drop_cut_token(chunk[:4096].decode("utf-8", "replace"))
+    assert len(event["request_body"]) > 3900
     assert event["request_body_truncated"] is True
 
 
@@ -540,7 +572,7 @@ def _memory_app(capture: bool) -> FastAPI:
         log_response_body=capture,
         log_headers=capture,
     )
-    chunk = b"x" * (64 * 1024)
+    chunk = b"xxxxxxx " * (8 * 1024)  # 64 KiB of words
 
     @app.post("/big")
     async def big(request: Request) -> StreamingResponse:
@@ -629,7 +661,8 @@ def test_capture_of_a_big_stream_is_cut_at_the_cap(log_output: LogOutput) -> Non
     events = log_output.access()
     assert events[-1]["request_bytes"] == 10 * MB
     assert events[-1]["response_body_truncated"] is True
-    assert len(events[-1]["response_body"]) == 4096
+    # 4096 bytes, less the last word the cap may have cut (and the space before it)
+    assert 4096 - 9 <= len(events[-1]["response_body"]) <= 4096
 
 
 # --- headers ----------------------------------------------------------------------------------
