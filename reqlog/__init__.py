@@ -2,18 +2,55 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from reqlog._config import configure, default_processors, get_logger
-from reqlog.context import bind, bind_user, get_request_id
-from reqlog.middleware import RequestLoggingMiddleware
-from reqlog.output import flush, output_stats
-from reqlog.processors import Redactor
+if TYPE_CHECKING:
+    from reqlog._config import configure, default_processors, get_logger
+    from reqlog.context import bind, bind_user, get_request_id
+    from reqlog.middleware import RequestLoggingMiddleware
+    from reqlog.output import flush, output_stats
+    from reqlog.processors import Redactor
 
-try:
-    __version__ = version("reqlog-asgi")  # the distribution's name; the import name is reqlog
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+    __version__: str
+
+# Imported when first used (PEP 562): the ``reqlog`` command imports this package too, and
+# should not pay for structlog and Starlette before it reads a single line.
+_LAZY = {
+    "configure": "reqlog._config",
+    "default_processors": "reqlog._config",
+    "get_logger": "reqlog._config",
+    "bind": "reqlog.context",
+    "bind_user": "reqlog.context",
+    "get_request_id": "reqlog.context",
+    "RequestLoggingMiddleware": "reqlog.middleware",
+    "flush": "reqlog.output",
+    "output_stats": "reqlog.output",
+    "Redactor": "reqlog.processors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("reqlog-asgi")  # the distribution; the import name is reqlog
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0"
+    else:
+        module = _LAZY.get(name)
+        if module is None:
+            msg = f"module 'reqlog' has no attribute {name!r}"
+            raise AttributeError(msg)
+        value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, "__version__"])
+
 
 __all__ = [
     "Redactor",

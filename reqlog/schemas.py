@@ -11,9 +11,10 @@ lookup tables once in ``__init__``, so ``__call__`` is a single pass over the ev
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from structlog.typing import EventDict, Processor, WrappedLogger
+if TYPE_CHECKING:  # the field maps are read by ``reqlog`` the command, which needs no structlog
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
     "ECS_FIELDS",

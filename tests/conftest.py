@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -11,9 +12,27 @@ from typing import Any
 import orjson
 import pydantic.v1  # noqa: F401 - defines date subclasses: import before freezegun fakes date
 import pytest
+from hypothesis import HealthCheck, settings
 
 import reqlog
 from reqlog import testing
+
+# Every property test of the suite runs derandomized: the same examples on every run and every
+# machine, so that ten runs in a row agree (and nothing depends on a .hypothesis database
+# left by an earlier run). Registered here, before any test module is imported: a module's
+# @settings(...) is built from the profile loaded at its import. HYPOTHESIS_PROFILE=explore
+# searches afresh with many more examples.
+settings.register_profile(
+    "default",
+    derandomize=True,
+    deadline=None,
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore", deadline=None, max_examples=3000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 class LogOutput:

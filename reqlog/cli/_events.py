@@ -15,33 +15,30 @@ from typing import Any
 
 import orjson
 
+from reqlog.schemas import ECS_FIELDS, OTEL_FIELDS
+
 from ._input import ReadStats
 
 Event = dict[str, Any]
-ACCESS_EVENTS = frozenset({"request_completed", "request_failed"})
+ACCESS_EVENTS = frozenset(
+    {"request_completed", "request_failed", "websocket_closed", "websocket_failed"}
+)
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
 
-# flat name <- dotted names used by ECS and OpenTelemetry semantic conventions
-_ALIASES: dict[str, tuple[str, ...]] = {
-    "event": ("message",),
-    "level": ("log.level", "severity_text"),
-    "timestamp": ("@timestamp",),
-    "logger": ("log.logger",),
-    "request_id": ("http.request.id", "trace.id"),
-    "method": ("http.request.method",),
-    "path": ("url.path",),
-    "route": ("http.route",),
-    "query": ("url.query",),
-    "status_code": ("http.response.status_code",),
-    "client_ip": ("client.address", "client.ip", "source.address", "source.ip"),
-    "user_agent": ("user_agent.original",),
-    "http_version": ("http.version", "network.protocol.version"),
-    "response_bytes": ("http.response.body.bytes", "http.response.body.size"),
-    "user_id": ("user.id", "enduser.id"),
-    "service": ("service.name",),
-    "error_type": ("error.type",),
-    "error_message": ("error.message",),
-}
+
+def _schema_aliases() -> dict[str, tuple[str, ...]]:
+    """flat name <- its ECS and OpenTelemetry names, from the maps in :mod:`reqlog.schemas`."""
+    aliases: dict[str, tuple[str, ...]] = {}
+    for mapping in (ECS_FIELDS, OTEL_FIELDS):
+        for flat, name in mapping.items():
+            if name != flat and name not in aliases.get(flat, ()):
+                aliases[flat] = (*aliases.get(flat, ()), name)
+    return aliases
+
+
+_ALIASES = _schema_aliases()
+#: ECS writes ``event.duration`` in nanoseconds (``schemas._duration_ns``).
+_DURATION_NS = ECS_FIELDS["duration_ms"]
 
 
 def _lookup(event: Event, dotted: str) -> Any:
@@ -59,20 +56,15 @@ def _lookup(event: Event, dotted: str) -> Any:
 def normalise(event: Event) -> Event:
     """Add the flat reqlog names to an ECS or OTel event (in place) and return it."""
     for flat, aliases in _ALIASES.items():
-        if event.get(flat) is None:
+        current = event.get(flat)
+        if current is None or isinstance(current, dict):
             for alias in aliases:
                 value = _lookup(event, alias)
                 if value is not None:
+                    if alias == _DURATION_NS and isinstance(value, int | float):
+                        value = value / 1e6
                     event[flat] = value
                     break
-    if "duration_ms" not in event:
-        ns = _lookup(event, "event.duration")
-        if isinstance(ns, int | float):
-            event["duration_ms"] = ns / 1e6
-        else:
-            seconds = _lookup(event, "http.server.request.duration")
-            if isinstance(seconds, int | float):
-                event["duration_ms"] = seconds * 1e3
     level = event.get("level")
     if isinstance(level, str) and not level.islower():
         event["level"] = level.lower()
@@ -83,8 +75,10 @@ def normalise(event: Event) -> Event:
 
 def needs_normalising(event: Event) -> bool:
     """Cheap test: is this an ECS/OTel event rather than reqlog's flat schema?"""
-    return "event" not in event or (
-        "method" not in event and ("http.request.method" in event or "http" in event)
+    return (
+        type(event.get("event")) is not str
+        or "message" in event
+        or ("method" not in event and ("http.request.method" in event or "http" in event))
     )
 
 
@@ -186,16 +180,50 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def parse_duration(text: str) -> float:
+    """``30s``, ``15m``, ``2h``, ``1d``, ``500ms`` (or plain seconds) as seconds."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        msg = f"not a duration: {text!r} (use 30s, 15m, 2h, 1d)"
+        raise ValueError(msg)
+    return value
+
+
+_TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
+
+
 def parse_time_arg(text: str, now: float | None = None) -> float:
-    """``--since``/``--until`` values: ISO 8601 (UTC unless an offset is given) or ``15m`` ago."""
+    """A time on the command line (``--since``, ``--until``, ``--at``), as epoch seconds.
+
+    ISO 8601 (UTC unless an offset is given), an age (``15m``: that long ago), or a time of
+    day (``14:05``, UTC): the last time the clock showed it, today or else yesterday.
+    """
     text = text.strip()
+    reference = dt.datetime.now(dt.UTC).timestamp() if now is None else now
     match = _RELATIVE.match(text)
     if match:
-        reference = dt.datetime.now(dt.UTC).timestamp() if now is None else now
         return reference - float(match.group(1)) * _UNITS[match.group(2)]
+    if _TIME_OF_DAY.match(text):
+        today = dt.datetime.fromtimestamp(reference, dt.UTC).date()
+        try:
+            clock = dt.time.fromisoformat("0" + text if text.index(":") == 1 else text)
+        except ValueError:
+            clock = None
+        if clock is not None:
+            when = dt.datetime.combine(today, clock, dt.UTC).timestamp()
+            return when if when <= reference else when - 86400
     value = epoch(text.replace(" ", "T", 1) if len(text) > 10 else text)
     if value is None:
-        msg = f"not a time: {text!r} (use ISO 8601 such as 2026-11-24T05:54 or an age such as 15m)"
+        msg = (
+            f"not a time: {text!r} (use ISO 8601 such as 2026-11-24T05:54, a time of day"
+            " such as 14:05, or an age such as 15m)"
+        )
         raise ValueError(msg)
     return value
 

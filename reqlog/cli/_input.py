@@ -9,7 +9,6 @@ in :class:`ReadStats` and reported once at the end; they never stop the other in
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import sys
 import time
@@ -177,12 +176,14 @@ def iter_chunks(
     *,
     follow: bool = False,
     interval: float = 0.2,
+    from_end: bool = False,
 ) -> Iterator[bytes]:
     """Yield blocks of complete lines from each input in turn (stdin when *names* is empty).
 
     With *follow*, after reaching the end of every input keep polling the plain files for
     new lines (like ``tail -F``: a truncated or replaced file is read again from its start)
     and yield ``b""`` after each idle poll, so callers can flush. Runs until interrupted.
+    With *from_end* as well, followed files are read from their current end (``tail -f -n 0``).
     """
     followed: list[_Source] = []
     for name in names or [STDIN]:
@@ -190,6 +191,8 @@ def iter_chunks(
         if source is None:
             continue
         keep = follow and source.followable
+        if keep and from_end:
+            source.fh.seek(0, os.SEEK_END)
         while (chunk := source.read_chunk(final=not keep)) is not None:
             if not chunk and keep:
                 break
@@ -223,46 +226,12 @@ def iter_batches(
     *,
     follow: bool = False,
     interval: float = 0.2,
+    from_end: bool = False,
 ) -> Iterator[list[bytes]]:
     """Like :func:`iter_chunks`, split into lines (without their ``\\n`` or ``\\r\\n``)."""
-    for chunk in iter_chunks(names, stats, follow=follow, interval=interval):
+    for chunk in iter_chunks(names, stats, follow=follow, interval=interval, from_end=from_end):
         lines = chunk.split(b"\n")
         lines.pop()
         if b"\r" in chunk:
             lines = [line.rstrip(b"\r") for line in lines]
         yield lines
-
-
-class _Range(io.RawIOBase):
-    """The bytes of a file between two offsets, as a readable stream."""
-
-    def __init__(self, fh: BinaryIO, start: int, end: int) -> None:
-        super().__init__()
-        self._fh = fh
-        fh.seek(start)
-        self._left = end - start
-
-    def readable(self) -> bool:
-        return True
-
-    def read1(self, size: int = -1) -> bytes:
-        want = self._left if size < 0 else min(size, self._left)
-        data = self._fh.read(want) if want > 0 else b""
-        self._left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def iter_range(path: str, start: int, end: int, stats: ReadStats) -> Iterator[bytes]:
-    """Blocks of the lines of a plain file between two line-start offsets (a worker's share)."""
-    fh = open(path, "rb")  # noqa: SIM115 - closed by _Source.close
-    source = _Source(path, cast(BinaryIO, _Range(fh, start, end)), followable=False, stats=stats)
-    try:
-        while (chunk := source.read_chunk(final=True)) is not None:
-            if chunk:
-                yield chunk
-    finally:
-        source.close()

@@ -9,105 +9,26 @@ root element), which the tests read back from a headless browser.
 from __future__ import annotations
 
 import datetime as dt
-import heapq
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ._events import epoch, format_time
-from ._input import STDIN, ReadStats, iter_chunks
-from ._stats import (
-    NO_ROUTE,
-    Aggregate,
-    Group,
-    Row,
-    access_events,
-    no_requests_message,
-    percentiles,
-    rows,
-)
+from . import _errors, _stats
+from ._engine import FAILED_EVENTS, Logs, Window
+from ._events import format_time
+from ._safe import safe
 
 # Bucket widths in minutes; the smallest giving at most MAX_BUCKETS buckets is used.
 _BUCKET_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)
 MAX_BUCKETS = 240
-_MAX_SAMPLE_IDS = 3
-
-
-@dataclass
-class ErrorGroup:
-    """Failures that look alike: same error (type or status), route and message."""
-
-    count: float = 0.0
-    request_ids: list[str] = field(default_factory=list)
-    last: str = ""
-
-
-@dataclass
-class Collected:
-    """Everything the report shows, gathered in one pass over the access events."""
-
-    minutes: dict[int, Group] = field(default_factory=dict)
-    routes: dict[str, Group] = field(default_factory=dict)
-    statuses: dict[int, float] = field(default_factory=dict)
-    errors: dict[tuple[str, str, str], ErrorGroup] = field(default_factory=dict)
-    slowest: list[tuple[float, str, str, str]] = field(default_factory=list)
-    first: float | None = None
-    last: float | None = None
-    requests: int = 0
-
-
-def collect(chunks: Iterable[bytes], stats: ReadStats) -> Collected:
-    """One pass over the access events of the input."""
-    data = Collected()
-    for event in access_events(chunks, stats):
-        _add(data, event)
-    stats.events += data.requests
-    return data
-
-
-def _add(data: Collected, event: dict[str, Any]) -> None:
-    data.requests += 1
-    when = epoch(event.get("timestamp"))
-    duration = event.get("duration_ms")
-    duration = float(duration) if isinstance(duration, int | float) else 0.0
-    rate = event.get("sample_rate")
-    weight = 1.0 / rate if isinstance(rate, int | float) and 0 < rate < 1 else 1.0
-    status = event.get("status_code")
-    status = status if isinstance(status, int) else 0
-    route_key = f"{event.get('method') or '-'} {event.get('route') or NO_ROUTE}"
-    request_id = str(event.get("request_id") or "")
-    targets = [data.routes.setdefault(route_key, Group())]
-    if when is not None:
-        data.first = when if data.first is None else min(data.first, when)
-        data.last = when if data.last is None else max(data.last, when)
-        targets.append(data.minutes.setdefault(int(when // 60), Group()))
-    for group in targets:
-        if weight == 1.0:
-            group.durations.append(duration)
-        else:
-            group.sampled.setdefault(weight, []).append(duration)
-        if status >= 500:
-            group.count_5xx += weight
-        elif status >= 400:
-            group.count_4xx += weight
-        if event.get("slow") is True:
-            group.slow += weight
-    data.statuses[status] = data.statuses.get(status, 0.0) + weight
-    if event.get("event") == "request_failed" or status >= 500:
-        error = str(event.get("error_type") or f"HTTP {status}")
-        message = str(event.get("error_message") or "")[:300]
-        found = data.errors.setdefault((error, route_key, message), ErrorGroup())
-        found.count += weight
-        found.last = max(found.last, str(event.get("timestamp") or ""))
-        if request_id and len(found.request_ids) < _MAX_SAMPLE_IDS:
-            found.request_ids.append(request_id)
-    item = (duration, request_id, f"{event.get('method')} {event.get('path')}", str(status))
-    if len(data.slowest) < 10:
-        heapq.heappush(data.slowest, item)
-    elif duration > data.slowest[0][0]:
-        heapq.heapreplace(data.slowest, item)
+_MAX_SLOWEST = 10
+# The columns the report's queries read (stats, buckets, statuses, slowest, errors).
+_KEPT = (
+    "event", "method", "route", "path", "status_code", "duration_ms", "slow", "request_id",
+    "error_type", "error_message", "exception", "is_access", "junk", "is_failed",
+)  # fmt: skip
 
 
 @dataclass
@@ -115,6 +36,7 @@ class Bucket:
     """One point on the time axis."""
 
     start: float
+    count: float
     ok: float
     c4: float
     c5: float
@@ -123,39 +45,97 @@ class Bucket:
     p99: float
 
 
-def buckets(data: Collected) -> tuple[int, list[Bucket]]:
-    """Per-minute groups merged into wider buckets when the log covers a long time."""
-    if not data.minutes:
-        return 1, []
-    low, high = min(data.minutes), max(data.minutes)
-    width = next(
+@dataclass
+class Collected:
+    """Everything the report shows."""
+
+    stats: _stats.Result
+    width: int = 1
+    buckets: list[Bucket] = field(default_factory=list)
+    statuses: dict[int, float] = field(default_factory=dict)
+    slowest: list[tuple[float, str, str, str]] = field(default_factory=list)
+    errors: list[_errors.ErrorGroup] = field(default_factory=list)
+
+
+def bucket_width(first: float, last: float) -> int:
+    """Minutes per bucket: the smallest width giving at most :data:`MAX_BUCKETS` buckets."""
+    low, high = int(first // 60), int(last // 60)
+    return next(
         (m for m in _BUCKET_MINUTES if (high - low) // m + 1 <= MAX_BUCKETS),
         _BUCKET_MINUTES[-1],
     )
-    merged: dict[int, Group] = {}
-    for minute, group in data.minutes.items():
-        slot = low + (minute - low) // width * width
-        target = merged.get(slot)
-        if target is None:
-            merged[slot] = target = Group()
-        target.merge(group)
-    out = []
-    for slot in range(low, high + 1, width):
-        group = merged.get(slot, Group())
-        count = len(group.durations) + sum(w * len(v) for w, v in group.sampled.items())
-        p50, p95, p99 = percentiles(group, (50, 95, 99))
-        out.append(
-            Bucket(
-                start=slot * 60.0,
-                ok=(count - group.count_4xx - group.count_5xx) / width,
-                c4=group.count_4xx / width,
-                c5=group.count_5xx / width,
-                p50=p50,
-                p95=p95,
-                p99=p99,
+
+
+def _access(logs: Logs) -> str:
+    failed = ", ".join(f"'{e}'" for e in FAILED_EVENTS)
+    return (
+        f"SELECT {logs.ts_sql} AS ts, coalesce(duration_ms, 0) AS d, {logs.weight_sql} AS w,"
+        f" status_code AS s, event IN ({failed}) AS failed, request_id, method, path, event"
+        f" FROM lines WHERE {logs.access_sql}"
+    )
+
+
+def buckets_sql(logs: Logs, low: int, width: int) -> str:
+    """Per bucket of *width* minutes from minute *low*: requests by class and percentiles."""
+    pcts = ", ".join(f"{_stats.percentile_sql(p)} AS p{p}" for p in _stats.PERCENTILES)
+    return f"""
+    WITH a AS (
+        SELECT {low} + (CAST(floor(epoch(ts) / 60) AS BIGINT) - {low}) // {width} * {width}
+               AS slot, d, w, s, failed
+        FROM ({_access(logs)}) WHERE ts IS NOT NULL
+    ), counts AS (
+        SELECT slot, sum(w) AS count,
+               coalesce(sum(w) FILTER (WHERE s >= 500 OR failed), 0) AS c5,
+               coalesce(sum(w) FILTER (WHERE s BETWEEN 400 AND 499 AND NOT failed), 0) AS c4
+        FROM a GROUP BY slot
+    ), ranked AS (
+        SELECT slot, d, sum(w) OVER (PARTITION BY slot ORDER BY d) AS cum,
+               sum(w) OVER (PARTITION BY slot) AS tot
+        FROM (SELECT slot, d, sum(w) AS w FROM a GROUP BY slot, d)
+    )
+    SELECT c.*, p.* EXCLUDE (slot) FROM counts c
+    JOIN (SELECT slot, {pcts} FROM ranked GROUP BY slot) p USING (slot) ORDER BY slot
+    """
+
+
+def collect(logs: Logs) -> Collected:
+    """Every figure of the report, from one read of the input (kept in memory)."""
+    logs.materialize(_KEPT)
+    data = Collected(stats=_stats.compute(logs, "route"))
+    first, last = data.stats.first, data.stats.last
+    if first is not None and last is not None:
+        data.width = width = bucket_width(first, last)
+        low = int(first // 60)
+        found = {int(r["slot"]): r for r in logs.rows(buckets_sql(logs, low, width))}
+        for slot in range(low, int(last // 60) + 1, width):
+            r = found.get(slot)
+            if r is None:
+                data.buckets.append(Bucket(slot * 60.0, 0, 0, 0, 0, 0, 0, 0))
+                continue
+            count, c4, c5 = float(r["count"]), float(r["c4"]), float(r["c5"])
+            data.buckets.append(
+                Bucket(
+                    start=slot * 60.0,
+                    count=count,
+                    ok=(count - c4 - c5) / width,
+                    c4=c4 / width,
+                    c5=c5 / width,
+                    p50=float(r["p50"]),
+                    p95=float(r["p95"]),
+                    p99=float(r["p99"]),
+                )
             )
-        )
-    return width, out
+    for status, count in logs.query(
+        f"SELECT coalesce(s, 0), sum(w) FROM ({_access(logs)}) GROUP BY 1 ORDER BY 1"
+    ):
+        data.statuses[int(status)] = float(count)
+    slowest = f"SELECT d, s, request_id, method, path, event FROM ({_access(logs)})"
+    for r in logs.rows(f"{slowest} ORDER BY d DESC LIMIT {_MAX_SLOWEST}"):
+        method = r["method"] or ("WS" if str(r["event"]).startswith("websocket") else "-")
+        what = f"{method} {r['path']}"
+        data.slowest.append((float(r["d"]), str(r["request_id"] or ""), what, str(r["s"])))
+    data.errors = _errors.compute(logs)
+    return data
 
 
 # SVG ----------------------------------------------------------------------------------------
@@ -249,10 +229,14 @@ def requests_chart(items: Sequence[Bucket], width: int) -> str:
 
 
 def latency_chart(items: Sequence[Bucket]) -> str:
-    """Lines: p50, p95 and p99 of ``duration_ms`` per bucket (log scale when they spread)."""
+    """Lines and dots: p50, p95 and p99 of ``duration_ms`` per bucket (log scale when spread).
+
+    Every bucket with requests gets a dot per percentile, so a log that fits in one bucket
+    (one minute) still draws visible marks: a line through one point has no length.
+    """
     plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
-    live = [b for b in items if b.p99 > 0]
-    high = max((b.p99 for b in live), default=1.0)
+    live = [b for b in items if b.count > 0]
+    high = max((b.p99 for b in live), default=1.0) or 1.0
     low = min((b.p50 for b in live if b.p50 > 0), default=high)
     log = high / max(low, 1e-3) > 30
     if log:
@@ -278,18 +262,20 @@ def latency_chart(items: Sequence[Bucket]) -> str:
 
     body = []
     for name in ("p50", "p95", "p99"):
-        points = [
-            f"{x_of(i):.1f},{y_of(getattr(b, name)):.1f}"
-            for i, b in enumerate(items)
-            if getattr(b, name) > 0
-        ]
-        if len(points) == 1:
-            points.append(points[0])
-        if points:
+        colour = _LINE_COLOURS[name]
+        points = [(x_of(i), y_of(getattr(b, name)), b) for i, b in enumerate(items) if b.count > 0]
+        if len(points) > 1:
+            drawn = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in points)
             body.append(
-                f'<polyline class="mark" fill="none" stroke="{_LINE_COLOURS[name]}"'
-                f' stroke-width="2" points="{" ".join(points)}"><title>{name}</title></polyline>'
+                f'<polyline class="line" fill="none" stroke="{colour}" stroke-width="2"'
+                f' points="{drawn}"><title>{name}</title></polyline>'
             )
+        body.extend(
+            f'<circle class="mark" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}">'
+            f"<title>{format_time(b.start)} UTC: {name} {_fmt_ms(getattr(b, name))}</title>"
+            "</circle>"
+            for x, y, b in points
+        )
     body += _time_labels(items, x_of)
     scale_note = " (log scale)" if log else ""
     return _frame(y_ticks, body, "Latency percentiles" + scale_note, "latency")
@@ -362,6 +348,7 @@ _SCRIPT = """
       var b = m.getBBox(); if (b.width > 0 || b.height > 0) { n++; }
     });
     if (box.width > 0 && box.height > 0 && n > 0) { drawn++; }
+    svg.setAttribute("data-visible-marks", String(n));
     marks += n;
   });
   document.documentElement.setAttribute("data-charts-drawn", String(drawn));
@@ -382,7 +369,7 @@ def _legend(items: Sequence[tuple[str, str]]) -> str:
     )
 
 
-def _routes_table(items: Sequence[Row]) -> str:
+def _routes_table(items: Sequence[_stats.Row]) -> str:
     if not items:
         return '<p class="empty">No requests.</p>'
     longest = max(r.p95 for r in items) or 1.0
@@ -404,20 +391,30 @@ def _routes_table(items: Sequence[Row]) -> str:
 
 
 def _errors_table(data: Collected) -> str:
-    top = sorted(data.errors.items(), key=lambda kv: (-kv[1].count, kv[0]))[:15]
+    """The same groups as ``reqlog errors``: fingerprint, counts, times, routes, examples."""
+    top = data.errors[:15]
     if not top:
-        return '<p class="empty">No failed requests and no 5xx responses.</p>'
+        return '<p class="empty">No failed requests, 5xx responses or logged exceptions.</p>'
     head = (
-        "<tr><th class=n>count</th><th>error</th><th>route</th><th>message</th>"
-        "<th>request IDs (<code>reqlog trace ID</code>)</th></tr>"
+        "<tr><th class=n>count</th><th>error</th><th>where</th><th>first / last seen</th>"
+        "<th>routes</th><th>message</th><th>request IDs (<code>reqlog trace ID</code>)</th></tr>"
     )
-    body = "".join(
-        f"<tr><td class=n>{group.count:,.0f}</td><td><code>{_e(error)}</code></td>"
-        f"<td><code>{_e(route)}</code></td><td>{_e(message)}</td>"
-        f"<td>{'<br>'.join(f'<code>{_e(rid)}</code>' for rid in group.request_ids)}</td></tr>"
-        for (error, route, message), group in top
-    )
-    return f"<table>{head}{body}</table>"
+    rows = []
+    for g in top:
+        seen = (
+            f"{format_time(g.first)}<br>{format_time(g.last)}"
+            if g.first is not None and g.last is not None
+            else "-"
+        )
+        routes = "<br>".join(f"<code>{_e(r)}</code> ({n:,.0f})" for r, n in g.top_routes())
+        ids = "<br>".join(f"<code>{_e(rid)}</code>" for rid in g.request_ids)
+        rows.append(
+            f'<tr class="error-group"><td class=n>{g.count:,.0f}</td>'
+            f"<td><code>{_e(g.error)}</code></td><td><code>{_e(g.where)}</code></td>"
+            f"<td class=n>{seen}</td><td>{routes}</td><td>{_e(g.message[:300])}</td>"
+            f"<td>{ids}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _slowest_table(data: Collected) -> str:
@@ -436,57 +433,55 @@ def _slowest_table(data: Collected) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def render(data: Collected, stats: ReadStats, sources: Sequence[str], title: str) -> str:
-    """The whole HTML page."""
-    width, items = buckets(data)
-    route_rows = sorted(rows(_as_aggregate(data)), key=lambda r: (-r.p95, r.key))[:20]
-    everything = Group()
-    for group in data.routes.values():
-        everything.merge(group)
-    count = sum(data.statuses.values())
-    p50, p95, p99 = percentiles(everything, (50, 95, 99))
-    span = (data.last - data.first) if data.first is not None and data.last is not None else 0.0
+def render(data: Collected, sources: Sequence[str], title: str) -> str:
+    """The whole HTML page; every value from the logs goes through ``html.escape``."""
+    result = data.stats
+    total = result.total
+    route_rows = sorted(result.rows, key=lambda r: (-r.p95, r.key))[:20]
+    count = total.count if total else 0.0
     when = (
-        f"{format_time(data.first)} to {format_time(data.last)} UTC"
-        if data.first is not None and data.last is not None
+        f"{format_time(result.first)} to {format_time(result.last)} UTC"
+        if result.first is not None and result.last is not None
         else "no timestamps"
     )
+    sampled = total is not None and total.count != total.events
     cards = [
-        (f"{count:,.0f}", "requests" + (" (scaled for sampling)" if everything.sampled else "")),
-        (f"{count / max(span, 1.0):,.1f}", "requests/s"),
-        (f"{everything.count_5xx / count:.2%}" if count else "-", "5xx rate"),
-        (f"{everything.count_4xx / count:.2%}" if count else "-", "4xx rate"),
-        (_fmt_ms(p50), "p50"),
-        (_fmt_ms(p95), "p95"),
-        (_fmt_ms(p99), "p99"),
-        (f"{everything.slow:,.0f}", "slow requests"),
+        (f"{count:,.0f}", "requests" + (" (scaled for sampling)" if sampled else "")),
+        (f"{count / result.span_s:,.1f}", "requests/s"),
+        (f"{total.rate_5xx:.2%}" if total else "-", "5xx rate"),
+        (f"{total.rate_4xx:.2%}" if total else "-", "4xx rate"),
+        (_fmt_ms(total.p50) if total else "-", "p50"),
+        (_fmt_ms(total.p95) if total else "-", "p95"),
+        (_fmt_ms(total.p99) if total else "-", "p99"),
+        (f"{total.slow:,.0f}" if total else "0", "slow requests"),
     ]
-    skipped = stats.malformed + stats.oversized
+    width = data.width
     per = "per minute" if width == 1 else f"per minute (buckets of {width} min)"
+    skipped = result.skipped
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f'<p class="sub">{_e(when)} &middot; {data.requests:,} access events from'
+        f'<p class="sub">{_e(when)} &middot; {result.access_events:,} access events from'
         f" {_e(', '.join(sources))}"
-        + (f" &middot; {skipped:,} malformed lines skipped" if skipped else "")
+        + (f" &middot; {skipped:,} lines that are not JSON events skipped" if skipped else "")
         + "</p>",
         '<div class="cards">'
         + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>" for v, k in cards)
         + "</div>",
         f"<h2>Requests {per}</h2>",
         _legend([("2xx/3xx", _COLOURS["ok"]), ("4xx", _COLOURS["4xx"]), ("5xx", _COLOURS["5xx"])]),
-        requests_chart(items, width),
+        requests_chart(data.buckets, width),
         "<h2>Latency percentiles over time</h2>",
         _legend(list(_LINE_COLOURS.items())),
-        latency_chart(items),
+        latency_chart(data.buckets),
         "<h2>Status codes</h2>",
         status_chart(data.statuses),
         "<h2>Slowest routes (by p95)</h2>",
         _routes_table(route_rows),
-        "<h2>Top errors</h2>",
+        "<h2>Errors (as <code>reqlog errors</code> groups them)</h2>",
         _errors_table(data),
         "<h2>Slowest requests</h2>",
         _slowest_table(data),
@@ -499,36 +494,37 @@ def render(data: Collected, stats: ReadStats, sources: Sequence[str], title: str
     return "\n".join(parts) + "\n"
 
 
-def _as_aggregate(data: Collected) -> Aggregate:
-    return Aggregate(by="route", groups=data.routes, first=data.first, last=data.last)
-
-
 def run(
     names: Sequence[str],
     *,
     output: str,
     title: str | None,
+    window: Window,
+    threads: int | None,
     out: TextIO,
     err: TextIO,
 ) -> int:
     """The ``report`` command."""
-    stats = ReadStats()
-    data = collect(iter_chunks(names, stats), stats)
-    for message in stats.summary():
-        print(f"reqlog: {message}", file=err)
-    if data.requests == 0 and (stats.problems or stats.lines):
-        print(f"reqlog: {no_requests_message(stats)}", file=err)
+    with Logs(names, window, threads=threads, fast=True) as logs:
+        for problem in logs.problems:
+            print(f"reqlog: {safe(problem)}", file=err)
+        data = collect(logs)
+    if data.stats.skipped:
+        print(f"reqlog: {_stats.skipped_message(data.stats.skipped)}", file=err)
+    if data.stats.total is None:
+        print(f"reqlog: {_stats.no_requests_message(data.stats.skipped)}", file=err)
         return 1
-    sources = [("<stdin>" if n == STDIN else n) for n in names] or ["<stdin>"]
-    page = render(data, stats, sources, title or "reqlog report")
-    if output == STDIN:
+    sources = [("<stdin>" if n == "-" else n) for n in names] or ["<stdin>"]
+    page = render(data, sources, title or "reqlog report")
+    if output == "-":
         out.write(page)
         return 0
     try:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(page)
     except OSError as exc:
-        print(f"reqlog: cannot write {output}: {exc.strerror or exc}", file=err)
+        print(f"reqlog: cannot write {safe(output)}: {safe(exc.strerror or exc)}", file=err)
         return 1
-    print(f"reqlog: wrote {output} ({data.requests:,} access events)", file=err)
+    events = data.stats.access_events
+    print(f"reqlog: wrote {safe(output)} ({events:,} access events)", file=err)
     return 0

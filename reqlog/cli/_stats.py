@@ -1,65 +1,55 @@
-"""``reqlog stats``: per-route (or path, status, user...) latency and error figures.
+"""``reqlog stats``: per-route (or path, status, user...) latency and error figures, in DuckDB.
 
-The reading loop is the hot path of the whole tool (a million lines in well under three seconds
-on two cores), so it does as little per line as it can: a substring test before parsing, one
-``orjson.loads`` for access events only, and appends to per-group lists. Everything else
-(percentiles, rates, sorting) happens once per group at the end.
+One SQL statement per run: the access events are grouped, each sampled event weighs
+``1 / sample_rate``, and p50/p95/p99 are weighted nearest-rank percentiles (the smallest
+duration whose cumulative weight reaches the share; :func:`percentile_sql`). The table's
+``(all)`` row is the same figures over every group, from the same pass.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
-import multiprocessing
-import os
-import stat
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-import orjson
-
-from ._events import (
-    ACCESS_EVENTS,
-    Event,
-    epoch,
-    format_time,
-    iso_time,
-    needs_normalising,
-    normalise,
-)
-from ._input import STDIN, ReadStats, iter_chunks, iter_range
+from ._engine import Logs, Window, epoch_seconds
+from ._events import format_time
+from ._safe import safe
 
 GROUPINGS = ("route", "path", "status", "user", "method", "service")
 SORT_KEYS = ("total", "count", "rps", "p50", "p95", "p99", "max", "4xx", "5xx", "slow", "name")
 NO_ROUTE = "(no route)"
 ANONYMOUS = "(anonymous)"
+PERCENTILES = (50, 95, 99)
+
+_METHOD = "coalesce(method, CASE WHEN event LIKE 'websocket%' THEN 'WS' END, '-')"
+_KEYS = {
+    "route": f"{_METHOD} || ' ' || coalesce(nullif(route, ''), '{NO_ROUTE}')",
+    "path": f"{_METHOD} || ' ' || coalesce(nullif(path, ''), '-')",
+    "status": "coalesce(CAST(status_code AS VARCHAR), '-')",
+    "user": f"coalesce(user_id, '{ANONYMOUS}')",
+    "method": _METHOD,
+    "service": "coalesce(service, '-')",
+}
 
 
-@dataclass
-class Group:
-    """Raw material for one group, filled by the reading loop.
+def group_key_sql(by: str) -> str:
+    """The SQL expression naming the group of an access event."""
+    return _KEYS[by]
 
-    Durations of events kept by sampling go to ``sampled``, one list per weight (the inverse
-    of their ``sample_rate``), so that every list can be sorted as plain floats.
+
+def percentile_sql(p: float | str, cum: str = "cum", total: str = "tot", value: str = "d") -> str:
+    """Weighted nearest-rank percentile *p* (0-100) as an aggregate over ranked rows.
+
+    Rows carry *cum*, the sum of the weights of every row whose value is at most this one's
+    (a window ordered by value: ties count together), and *total*, the group's sum of weights.
+    The percentile is the smallest value whose *cum* reaches ``p / 100 * total``; with every
+    weight 1 that is the textbook nearest rank, ``ceil(p / 100 * n)``. The comparison is made
+    in percent with a relative tolerance of 1e-12 so that ``0.95 * 20`` reaching 19 is not lost
+    to rounding.
     """
-
-    durations: list[float] = field(default_factory=list)
-    sampled: dict[float, list[float]] = field(default_factory=dict)
-    count_4xx: float = 0.0
-    count_5xx: float = 0.0
-    slow: float = 0.0
-
-    def merge(self, other: Group) -> None:
-        """Add *other*'s events to this group."""
-        self.durations.extend(other.durations)
-        for weight, values in other.sampled.items():
-            self.sampled.setdefault(weight, []).extend(values)
-        self.count_4xx += other.count_4xx
-        self.count_5xx += other.count_5xx
-        self.slow += other.slow
+    return f"min({value}) FILTER (WHERE {cum} * 100 >= ({p}) * {total} * (1 - 1e-12))"
 
 
 @dataclass
@@ -98,14 +88,14 @@ class Row:
 
 
 @dataclass
-class Aggregate:
-    """Access events grouped by one key, plus the time span they cover."""
+class Result:
+    """Every group's row, the ``(all)`` row, the time span and the lines skipped."""
 
-    by: str
-    groups: dict[str, Group] = field(default_factory=dict)
-    first: float | None = None
-    last: float | None = None
-    requests: int = 0
+    rows: list[Row]
+    total: Row | None
+    first: float | None
+    last: float | None
+    skipped: int
 
     @property
     def span_s(self) -> float:
@@ -114,259 +104,127 @@ class Aggregate:
             return 1.0
         return max(self.last - self.first, 1.0)
 
-
-def group_key(event: Event, by: str) -> str:
-    """The group an access event belongs to."""
-    if by == "route":
-        route = event.get("route")
-        return f"{event.get('method') or '-'} {route if route else NO_ROUTE}"
-    if by == "path":
-        return f"{event.get('method') or '-'} {event.get('path') or '-'}"
-    if by == "status":
-        return str(event.get("status_code"))
-    if by == "user":
-        user = event.get("user_id")
-        return str(user) if user is not None else ANONYMOUS
-    value = event.get(by)
-    return str(value) if value is not None else "-"
+    @property
+    def access_events(self) -> int:
+        """Access events read (lines, before weighting by sample rate)."""
+        return self.total.events if self.total else 0
 
 
-_ACCESS_MARKERS = (b'"request_completed"', b'"request_failed"')
+# The columns each grouping groups by, each already as shown (``-`` for a missing method, a
+# WebSocket's method is WS): hashing and partitioning by them is cheaper than by one built
+# string, which is made once per group at the end.
+_METHOD_OR_WS = "coalesce(method, CASE WHEN starts_with(event, 'websocket') THEN 'WS' END, '-')"
+_GROUP_COLUMNS = {
+    "route": (_METHOD_OR_WS, f"coalesce(nullif(route, ''), '{NO_ROUTE}')"),
+    "path": (_METHOD_OR_WS, "coalesce(nullif(path, ''), '-')"),
+    "status": ("status_code",),
+    "user": ("user_id",),
+    "method": (_METHOD_OR_WS,),
+    "service": ("service",),
+}
+_GROUP_KEYS = {
+    "route": "{g0} || ' ' || {g1}",
+    "path": "{g0} || ' ' || {g1}",
+    "status": "coalesce(CAST({g0} AS VARCHAR), '-')",
+    "user": f"coalesce({{g0}}, '{ANONYMOUS}')",
+    "method": "{g0}",
+    "service": "coalesce({g0}, '-')",
+}
 
 
-def access_lines(chunk: bytes) -> Iterator[bytes]:
-    """The lines of *chunk* that mention an access event, found without splitting every line."""
-    find, rfind = chunk.find, chunk.rfind
-    for marker in _ACCESS_MARKERS:
-        pos = find(marker)
-        while pos >= 0:
-            start = rfind(b"\n", 0, pos) + 1
-            end = find(b"\n", pos)
-            if end < 0:
-                end = len(chunk)
-            yield chunk[start:end]
-            pos = find(marker, end)
+def stats_sql(logs: Logs, by: str) -> str:
+    """The one statement behind ``stats``: one row per group and a ``(all)`` row.
 
-
-def access_events(chunks: Iterable[bytes], stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """The access events in blocks of lines, parsed and normalised to flat names."""
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
-    for chunk in chunks:
-        for line in access_lines(chunk):
-            try:
-                event = loads(line)
-            except decode_error:
-                stats.malformed += 1
-                continue
-            if type(event) is not dict:
-                continue
-            if "method" not in event and needs_normalising(event):
-                normalise(event)
-            if event.get("event") in ACCESS_EVENTS:
-                yield event
-
-
-def aggregate(chunks: Iterable[bytes], stats: ReadStats, by: str) -> Aggregate:
-    """Read access events from blocks of lines into groups (the hot loop)."""
-    agg = Aggregate(by=by)
-    groups = agg.groups
-    first = last = None
-    requests = 0
-    by_route = by == "route"
-    for event in access_events(chunks, stats):
-        get = event.get
-        requests += 1
-        if by_route:
-            key = f"{get('method') or '-'} {get('route') or NO_ROUTE}"
-        else:
-            key = group_key(event, by)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = Group()
-        duration = get("duration_ms")
-        if type(duration) is not float:
-            duration = float(duration) if isinstance(duration, int) else 0.0
-        rate = get("sample_rate")
-        if rate is None:
-            weight = 1.0
-            group.durations.append(duration)
-        elif isinstance(rate, float | int) and 0 < rate < 1:
-            weight = 1.0 / rate
-            sampled = group.sampled.get(weight)
-            if sampled is None:
-                sampled = group.sampled[weight] = []
-            sampled.append(duration)
-        else:
-            weight = 1.0
-            group.durations.append(duration)
-        status = get("status_code")
-        if type(status) is int and status >= 400:
-            if status >= 500:
-                group.count_5xx += weight
-            else:
-                group.count_4xx += weight
-        if get("slow") is True:
-            group.slow += weight
-        when = epoch(get("timestamp"))
-        if when is not None:
-            if first is None or when < first:
-                first = when
-            if last is None or when > last:
-                last = when
-    stats.events += requests
-    agg.first, agg.last, agg.requests = first, last, requests
-    return agg
-
-
-def merge(into: Aggregate, other: Aggregate) -> None:
-    """Add *other* (the same grouping, another part of the input) to *into*."""
-    for key, group in other.groups.items():
-        mine = into.groups.get(key)
-        if mine is None:
-            into.groups[key] = group
-        else:
-            mine.merge(group)
-    into.requests += other.requests
-    if other.first is not None and (into.first is None or other.first < into.first):
-        into.first = other.first
-    if other.last is not None and (into.last is None or other.last > into.last):
-        into.last = other.last
-
-
-#: Plain files at least this big are split between worker processes.
-PARALLEL_MIN_BYTES = 32 << 20
-
-
-def _split_points(path: str, size: int, parts: int) -> list[int]:
-    """Byte offsets that start lines, cutting *path* into about equal parts."""
-    points = [0]
-    with open(path, "rb") as fh:
-        for k in range(1, parts):
-            fh.seek(size * k // parts)
-            fh.readline()
-            points.append(min(fh.tell(), size))
-    points.append(size)
-    return sorted(set(points))
-
-
-def _aggregate_range(path: str, start: int, end: int, by: str) -> tuple[Aggregate, ReadStats]:
-    """Worker: aggregate the lines of *path* between two line-start offsets."""
-    stats = ReadStats()
-    return aggregate(iter_range(path, start, end, stats), stats, by), stats
-
-
-def aggregate_inputs(names: Sequence[str], stats: ReadStats, by: str, jobs: int) -> Aggregate:
-    """Aggregate every input; big plain files are read by *jobs* processes in parallel."""
-    agg = Aggregate(by=by)
-    pending: list[str] = []
-
-    def flush_pending() -> None:
-        if pending:
-            merge(agg, aggregate(iter_chunks(pending, stats), stats, by))
-            pending.clear()
-
-    for name in names or [STDIN]:
-        size = _parallel_size(name) if jobs > 1 else 0
-        if size < PARALLEL_MIN_BYTES:
-            pending.append(name)
-            continue
-        flush_pending()
-        points = _split_points(name, size, jobs)
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [
-                pool.submit(_aggregate_range, name, a, b, by) for a, b in itertools.pairwise(points)
-            ]
-            for future in futures:
-                part, part_stats = future.result()
-                merge(agg, part)
-                stats.add(part_stats)
-    flush_pending()
-    return agg
-
-
-def _parallel_size(name: str) -> int:
-    """Size of a plain (not gzip) regular file worth splitting, else 0."""
-    if name == STDIN or "fork" not in multiprocessing.get_all_start_methods():
-        return 0
-    try:
-        st = os.stat(name)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < PARALLEL_MIN_BYTES:
-            return 0
-        with open(name, "rb") as fh:
-            if fh.read(2) == b"\x1f\x8b":
-                return 0
-    except OSError:
-        return 0
-    return st.st_size
-
-
-def percentiles(group: Group, qs: Sequence[float]) -> list[float]:
-    """Nearest-rank percentiles (``qs`` in 0..100), each sampled event weighing 1/sample_rate.
-
-    Every weight's durations are sorted on their own; the weighted rank of a value is then a
-    few bisections, and a binary search per list finds the smallest value reaching the rank.
+    One scan and one aggregation: access events are summed by group and duration (``hist``:
+    far fewer rows than events, as durations repeat), and the lines that are not events fall
+    into one row of their own (``junk``). Everything else comes from ``hist``: the group
+    figures as sums over it, the percentiles by ranking its durations with their summed
+    weights, which gives the same answer as ranking every event.
     """
-    lists = [(1.0, sorted(group.durations))] if group.durations else []
-    lists += [(w, sorted(values)) for w, values in group.sampled.items() if values]
-    if not lists:
-        return [0.0 for _ in qs]
-    if len(lists) == 1 and lists[0][0] == 1.0:
-        ordered = lists[0][1]
-        n = len(ordered)
-        return [ordered[max(math.ceil(q / 100 * n) - 1, 0)] for q in qs]
-    total = math.fsum(w * len(values) for w, values in lists)
-
-    def rank(value: float) -> float:
-        return sum(w * bisect.bisect_right(values, value) for w, values in lists)
-
-    out = []
-    for q in qs:
-        target = q / 100 * total - 1e-9
-        best = math.inf
-        for _, values in lists:
-            lo, hi = 0, len(values)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if rank(values[mid]) >= target:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            if lo < len(values):
-                best = min(best, values[lo])
-        out.append(best if best != math.inf else lists[-1][1][-1])
-    return out
-
-
-def rows(agg: Aggregate) -> list[Row]:
-    """Figures for every group, unsorted."""
-    span = agg.span_s
-    out = []
-    for key, group in agg.groups.items():
-        count = len(group.durations) + sum(w * len(v) for w, v in group.sampled.items())
-        total = math.fsum(group.durations) + sum(w * math.fsum(v) for w, v in group.sampled.items())
-        biggest = max(
-            [max(group.durations, default=0.0)] + [max(v) for v in group.sampled.values() if v]
+    columns = _GROUP_COLUMNS[by]
+    raw = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns))
+    groups = ", ".join(f"g{i}" for i in range(len(columns)))
+    same = " AND ".join(f"pg.g{i} IS NOT DISTINCT FROM agg.g{i}" for i in range(len(columns)))
+    pcts = ", ".join(f"{percentile_sql(p)} AS p{p}" for p in PERCENTILES)
+    picks = ", ".join(f"coalesce(pg.p{p}, pa.p{p}) AS p{p}" for p in PERCENTILES)
+    return f"""
+    WITH hist AS (
+        SELECT junk, alien, {groups}, d, sum(w) AS w, count(*) AS n,
+               sum(w) FILTER (WHERE s BETWEEN 400 AND 499) AS c4,
+               sum(w) FILTER (WHERE s >= 500 OR failed) AS c5,
+               sum(w) FILTER (WHERE slow) AS slow,
+               min(ts) AS first, max(ts) AS last
+        FROM (
+            SELECT junk, alien, {raw}, coalesce(duration_ms, 0) AS d,
+                   {logs.weight_sql} AS w, status_code AS s, is_failed AS failed,
+                   slow IS TRUE AS slow, {logs.ts_sql} AS ts
+            FROM lines WHERE ({logs.access_sql}) OR junk OR alien
         )
-        p50, p95, p99 = percentiles(group, (50, 95, 99))
-        out.append(
-            Row(
-                key=key,
-                count=count,
-                rps=count / span,
-                rate_4xx=group.count_4xx / count if count else 0.0,
-                rate_5xx=group.count_5xx / count if count else 0.0,
-                p50=p50,
-                p95=p95,
-                p99=p99,
-                max=biggest,
-                slow=group.slow,
-                total_ms=total,
-                events=len(group.durations) + sum(len(v) for v in group.sampled.values()),
-            )
+        GROUP BY junk, alien, {groups}, d
+    ), acc AS (
+        SELECT * FROM hist WHERE NOT junk AND NOT alien
+    ), pg AS (
+        SELECT {groups}, {pcts} FROM (
+            SELECT {groups}, d, sum(w) OVER (PARTITION BY {groups} ORDER BY d) AS cum,
+                   sum(w) OVER (PARTITION BY {groups}) AS tot FROM acc
+        ) GROUP BY {groups}
+    ), pa AS (
+        SELECT {pcts} FROM (
+            SELECT d, sum(w) OVER (ORDER BY d) AS cum, sum(w) OVER () AS tot
+            FROM (SELECT d, sum(w) AS w FROM acc GROUP BY d)
         )
-    return out
+    ), agg AS (
+        SELECT grouping({groups}) > 0 AS is_total, {groups}, sum(w) AS count,
+               sum(n) AS events, coalesce(sum(c4), 0) AS c4, coalesce(sum(c5), 0) AS c5,
+               coalesce(sum(slow), 0) AS slow, sum(w * d) AS total, max(d) AS max,
+               epoch(min(first)) AS first, epoch(max(last)) AS last
+        FROM acc GROUP BY GROUPING SETS (({groups}), ())
+    )
+    SELECT agg.* EXCLUDE ({groups}),
+           CASE WHEN NOT agg.is_total THEN {_GROUP_KEYS[by].format(g0="agg.g0", g1="agg.g1")}
+           END AS key,
+           {picks}, coalesce((SELECT sum(n) FROM hist WHERE junk), 0) AS skipped,
+           coalesce((SELECT sum(n) FROM hist WHERE alien), 0) AS alien
+    FROM agg LEFT JOIN pg ON NOT agg.is_total AND {same}
+    LEFT JOIN pa ON agg.is_total
+    """
+
+
+_ALIENS = "SELECT count(*) FROM lines WHERE alien"
+
+
+def compute(logs: Logs, by: str) -> Result:
+    """Run the statement and turn its rows into :class:`Row` figures."""
+    raw = list(logs.rows(stats_sql(logs, by)))
+    if logs.narrowed and (raw[0]["alien"] if raw else logs.query(_ALIENS)[0][0]):
+        logs.widen()  # a line in a schema the first lines did not show: read every name
+        raw = list(logs.rows(stats_sql(logs, by)))
+    skipped = logs.skipped_lines() if not raw else int(raw[0]["skipped"])
+    total_raw = next((r for r in raw if r["is_total"]), None)
+    first = epoch_seconds(total_raw["first"]) if total_raw else None
+    last = epoch_seconds(total_raw["last"]) if total_raw else None
+    span = max(last - first, 1.0) if first is not None and last is not None else 1.0
+    groups = [_row(r, span) for r in raw if not r["is_total"] and r["count"]]
+    total = _row(total_raw, span) if total_raw and total_raw["count"] else None
+    return Result(groups, total, first, last, skipped)
+
+
+def _row(raw: dict[str, Any], span: float) -> Row:
+    count = float(raw["count"])
+    return Row(
+        key="(all)" if raw["is_total"] else str(raw["key"]),
+        count=count,
+        rps=count / span,
+        rate_4xx=float(raw["c4"]) / count,
+        rate_5xx=float(raw["c5"]) / count,
+        p50=float(raw["p50"]),
+        p95=float(raw["p95"]),
+        p99=float(raw["p99"]),
+        max=float(raw["max"]),
+        slow=float(raw["slow"]),
+        total_ms=float(raw["total"]),
+        events=int(raw["events"]),
+    )
 
 
 def sort_rows(items: list[Row], sort: str) -> list[Row]:
@@ -381,17 +239,6 @@ def sort_rows(items: list[Row], sort: str) -> list[Row]:
         "5xx": "rate_5xx",
     }.get(sort, sort)
     return sorted(items, key=lambda r: (-getattr(r, attr), r.key))
-
-
-def total_row(agg: Aggregate) -> Row | None:
-    """One row over every group (the table's footer)."""
-    merged = Group()
-    for group in agg.groups.values():
-        merged.merge(group)
-    if not agg.groups:
-        return None
-    whole = Aggregate(by=agg.by, groups={"(all)": merged}, first=agg.first, last=agg.last)
-    return rows(whole)[0]
 
 
 def _ms(value: float) -> str:
@@ -411,11 +258,11 @@ def _count(value: float) -> str:
 
 
 def render_table(items: Sequence[Row], footer: Row | None, by: str) -> str:
-    """A plain aligned text table (durations in ms)."""
+    """A plain aligned text table (durations in ms); group names are escaped."""
     header = [by, "count", "req/s", "4xx", "5xx", "p50", "p95", "p99", "max", "slow", "total"]
     body = [
         [
-            r.key,
+            safe(r.key),
             _count(r.count),
             f"{r.rps:.2f}",
             _pct(r.rate_4xx),
@@ -444,6 +291,22 @@ def render_table(items: Sequence[Row], footer: Row | None, by: str) -> str:
     return "\n".join(out)
 
 
+def no_requests_message(skipped: int) -> str:
+    """What to say when the input held no access events."""
+    names = "/".join(("request_completed", "request_failed", "websocket_*"))
+    return f"no access events ({names} from reqlog.access); is this a reqlog JSON log?" + (
+        f" ({skipped:,} line(s) were not JSON events)" if skipped else ""
+    )
+
+
+def skipped_message(skipped: int) -> str:
+    """The stderr line about lines that were not events."""
+    return (
+        f"skipped {skipped:,} line(s) that are not JSON log events"
+        " (text such as a server banner, malformed or truncated JSON)"
+    )
+
+
 def run(
     names: Sequence[str],
     *,
@@ -451,49 +314,54 @@ def run(
     sort: str,
     top: int | None,
     as_json: bool,
-    jobs: int,
+    window: Window,
+    threads: int | None,
     out: TextIO,
     err: TextIO,
 ) -> int:
-    """The ``stats`` command."""
-    stats = ReadStats()
-    agg = aggregate_inputs(names, stats, by, jobs)
-    table = sort_rows(rows(agg), sort)
+    """The ``stats`` command; returns the exit status."""
+    import orjson
+
+    with Logs(names, window, threads=threads, fast=True) as logs:
+        for problem in logs.problems:
+            print(f"reqlog: {safe(problem)}", file=err)
+        result = compute(logs, by)
+    if result.skipped:
+        print(f"reqlog: {skipped_message(result.skipped)}", file=err)
+    if result.total is None:
+        print(f"reqlog: {no_requests_message(result.skipped)}", file=err)
+        return 1
+    items = sort_rows(result.rows, sort)
     if top is not None:
-        table = table[:top]
-    footer = total_row(agg)
-    for message in stats.summary():
-        print(f"reqlog: {message}", file=err)
+        items = items[:top]
     if as_json:
         doc = {
             "by": by,
-            "sort": sort,
-            "first": None if agg.first is None else iso_time(agg.first),
-            "last": None if agg.last is None else iso_time(agg.last),
-            "span_s": round(agg.span_s, 3),
-            "access_events": agg.requests,
-            "groups": [r.as_dict() for r in table],
-            "total": footer.as_dict() if footer else None,
+            "first": _iso(result.first),
+            "last": _iso(result.last),
+            "span_s": round(result.span_s, 3),
+            "access_events": result.access_events,
+            "skipped_lines": result.skipped,
+            "groups": [r.as_dict() for r in items],
+            "total": result.total.as_dict(),
         }
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif footer is None:
-        print(f"reqlog: {no_requests_message(stats)}", file=err)
-    else:
-        when = ""
-        if agg.first is not None and agg.last is not None:
-            when = f", {format_time(agg.first)} to {format_time(agg.last)} UTC"
-        print(f"{_count(footer.count)} requests ({agg.requests:,} access events){when}", file=out)
-        print("durations in ms; sorted by " + sort, file=out)
-        print(render_table(table, footer, by), file=out)
-    # Non-zero only when nothing could be read: no access event in input that was not empty.
-    return 1 if agg.requests == 0 and (stats.problems or stats.lines) else 0
-
-
-def no_requests_message(stats: ReadStats) -> str:
-    """Why there is nothing to show."""
-    if not stats.lines:
-        return "no input lines"
-    return (
-        f"no request events (request_completed/request_failed) in {stats.lines:,} line(s);"
-        " is this a reqlog JSON log?"
+        return 0
+    when = (
+        f"{format_time(result.first)} to {format_time(result.last)} UTC"
+        if result.first is not None and result.last is not None
+        else "no timestamps"
     )
+    total = result.total
+    print(f"{_count(total.count)} requests ({total.events:,} access events), {when}", file=out)
+    print(f"durations in ms; sorted by {sort}", file=out)
+    print(render_table(items, total, by), file=out)
+    return 0
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None or math.isnan(seconds):
+        return None
+    from ._events import iso_time
+
+    return iso_time(seconds)

@@ -19,6 +19,7 @@ from structlog.dev import ConsoleRenderer, plain_traceback
 
 from ._events import ACCESS_EVENTS, Event, EventFilter, is_text, parse_json
 from ._input import ReadStats, iter_batches
+from ._safe import escape, escape_json
 
 _RESET = "\x1b[0m"
 _STATUS_COLOURS = {2: "\x1b[32m", 3: "\x1b[36m", 4: "\x1b[33m", 5: "\x1b[31;1m"}
@@ -43,6 +44,9 @@ _FOLDED = frozenset(
         "error_type",
         "error_message",
         "exception",
+        "accepted",
+        "close_code",
+        "closed_by",
     }
 )
 _QUIET = frozenset({"logger", "service"})
@@ -63,7 +67,9 @@ def use_colour(choice: str, stream: TextIO) -> bool:
 def format_exception(exception: Any) -> str | None:
     """A short text traceback from reqlog's structured ``exception`` field (or a string one)."""
     if isinstance(exception, str):
-        return exception
+        # A traceback written as text: its own lines are kept, each one escaped and indented
+        # so that no line of it can pass for an event.
+        return "\n".join("  " + escape(line) for line in exception.split("\n"))
     if not isinstance(exception, list):
         return None
     out = ["Traceback (most recent call last):"]
@@ -73,10 +79,10 @@ def format_exception(exception: Any) -> str | None:
         for frame in stack.get("frames") or []:
             if isinstance(frame, dict):
                 out.append(
-                    f'  File "{frame.get("filename")}", line {frame.get("lineno")},'
-                    f" in {frame.get('name')}"
+                    f'  File "{escape(str(frame.get("filename")))}", line'
+                    f" {escape(str(frame.get('lineno')))}, in {escape(str(frame.get('name')))}"
                 )
-        out.append(f"{stack.get('exc_type')}: {stack.get('exc_value')}")
+        out.append(f"{escape(str(stack.get('exc_type')))}: {escape(str(stack.get('exc_value')))}")
     return "\n".join(out)
 
 
@@ -90,18 +96,42 @@ def short_id(request_id: Any) -> Any:
 def short_time(ts: Any) -> str:
     """``05:54:20.123`` from reqlog's ISO 8601 timestamp (the date is shown on its own line)."""
     if isinstance(ts, str) and len(ts) >= 19 and ts[10] == "T":
-        return ts[11:23] if len(ts) >= 23 and ts[19] == "." else ts[11:19]
-    return "-" if ts is None else str(ts)
+        return escape(ts[11:23] if len(ts) >= 23 and ts[19] == "." else ts[11:19])
+    return "-" if ts is None else escape(str(ts))
+
+
+def _took(duration: Any) -> str:
+    if not isinstance(duration, int | float) or isinstance(duration, bool):
+        return "? ms"
+    return f"{duration / 1000:.1f} s" if duration >= 1000 else f"{duration:.1f} ms"
+
+
+def websocket_sentence(event: Event) -> str:
+    """``WS /chat closed by client (1000) after 5.2 s`` for a WebSocket access event."""
+    path = escape(str(event.get("path") or event.get("route") or "?"))
+    took = _took(event.get("duration_ms"))
+    code = event.get("close_code")
+    if event.get("event") == "websocket_failed":
+        error = escape(str(event.get("error_type") or "error"))
+        message = escape(str(event.get("error_message") or ""))
+        return f"WS {path} failed after {took} ({code}): {error}: {message}"
+    if event.get("accepted") is False:
+        return f"WS {path} not accepted ({code}) after {took}"
+    closed_by = event.get("closed_by")
+    who = f"by {escape(str(closed_by))}" if closed_by else "without a close"
+    return f"WS {path} closed {who} ({code}) after {took}"
 
 
 def access_sentence(event: Event, colour: bool) -> str:
     """``GET /items/42?q=1 -> 200 in 12.3 ms (slow)`` for an access event."""
-    path = event.get("path") or event.get("route") or "?"
+    if str(event.get("event")).startswith("websocket_"):
+        return websocket_sentence(event)
+    path = escape(str(event.get("path") or event.get("route") or "?"))
     query = event.get("query")
     if query:
-        path = f"{path}?{query}"
+        path = f"{path}?{escape(str(query))}"
     status = event.get("status_code")
-    status_text = str(status)
+    status_text = escape(str(status))
     duration = event.get("duration_ms")
     took = f"{duration:.1f} ms" if isinstance(duration, int | float) else "? ms"
     slow = event.get("slow") is True
@@ -111,11 +141,13 @@ def access_sentence(event: Event, colour: bool) -> str:
             status_text = f"{code}{status_text}{_RESET}\x1b[1m"
         if slow:
             took = f"{_SLOW_COLOUR}{took}{_RESET}\x1b[1m"
-    sentence = f"{event.get('method') or '?'} {path} -> {status_text} in {took}"
+    method = escape(str(event.get("method") or "?"))
+    sentence = f"{method} {path} -> {status_text} in {took}"
     if slow:
         sentence += " (slow)"
     if event.get("event") == "request_failed":
-        sentence += f" {event.get('error_type') or 'error'}: {event.get('error_message') or ''}"
+        error = escape(str(event.get("error_type") or "error"))
+        sentence += f" {error}: {escape(str(event.get('error_message') or ''))}"
     if event.get("outcome") == "client_disconnected":
         sentence += " [client went away]"
     return sentence
@@ -125,12 +157,15 @@ _SPECIAL = frozenset(" \t=\r\n\"'")
 
 
 def _value(value: Any) -> str:
-    """structlog's console repr: bare strings unless they need quotes; JSON for containers."""
+    """structlog's console repr: bare strings unless they need quotes; JSON for containers.
+
+    Escaped either way: ``repr`` leaves some unsafe characters as they are, JSON more.
+    """
     if type(value) is str:
-        return repr(value) if _SPECIAL.intersection(value) else value
+        return escape(repr(value) if _SPECIAL.intersection(value) else value)
     if isinstance(value, dict | list):
-        return orjson.dumps(value, default=str).decode()
-    return repr(value)
+        return escape(orjson.dumps(value, default=str).decode())
+    return escape(repr(value))
 
 
 class Renderer:
@@ -165,7 +200,7 @@ class Renderer:
         if not isinstance(ts, str) or len(ts) < 10 or ts[:10] == self._date:
             return None
         self._date = ts[:10]
-        text = f"--- {self._date} (UTC) ---"
+        text = f"--- {escape(self._date)} (UTC) ---"
         return f"\x1b[2m{text}{_RESET}" if self.colour else text
 
     def _template(self, level: str, logger: bool) -> tuple[str, ...]:
@@ -194,23 +229,28 @@ class Renderer:
         level = event.get("level")
         ts = event.get("timestamp")
         if stamp is None:
-            stamp = short_time(ts) if not self.verbose or ts is None else str(ts)
+            stamp = short_time(ts) if not self.verbose or ts is None else escape(str(ts))
         if name in ACCESS_EVENTS:
             text = access_sentence(event, self.colour)
             skip = self._skip_access
         else:
-            text = (name or "-") if type(name) is str else "-" if name is None else _value(name)
+            text = (
+                escape(name or "-") if type(name) is str else "-" if name is None else _value(name)
+            )
             skip = self._skip_other
         logger = event.get("logger") if self.verbose else None
         parts = self._template(level.lower() if type(level) is str else "-", logger is not None)
-        values = (stamp, text) if logger is None else (stamp, text, str(logger))
+        values = (stamp, text) if logger is None else (stamp, text, escape(str(logger)))
         pieces = [parts[0]]
         for value, part in zip(values, parts[1:], strict=True):
             pieces += (value, part)
         kv = self._kv
         short = self.short_ids
         pairs = [
-            kv.format(key, short_id(value) if key == "request_id" and short else _value(value))
+            kv.format(
+                escape(key),
+                _value(short_id(value)) if key == "request_id" and short else _value(value),
+            )
             for key, value in event.items()
             if key not in skip
         ]
@@ -247,7 +287,7 @@ def run(
             for line in batch:
                 if not line.lstrip().startswith(b"{"):
                     if line.strip() and is_text(line, stats) and pass_through:
-                        pieces.append(line.decode("utf-8"))
+                        pieces.append(escape(line.decode("utf-8")))
                     continue
                 event = parse_json(line, stats)
                 if event is None:
@@ -256,7 +296,7 @@ def run(
                     continue
                 shown += 1
                 if raw:
-                    pieces.append(line.decode("utf-8", "replace"))
+                    pieces.append(escape_json(line.decode("utf-8", "replace")))
                     continue
                 header = renderer.date_header(event)
                 if header is not None:
