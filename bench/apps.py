@@ -18,7 +18,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENDERS", "build", "create"]
+__all__ = ["CONTENDERS", "SERVICE", "build", "create"]
+
+#: The ``service`` field of reqlog's lines and the floor's.
+SERVICE = "bench"
 
 
 def _routes(app: FastAPI) -> FastAPI:
@@ -34,8 +37,18 @@ def _routes(app: FastAPI) -> FastAPI:
 
 
 def bare() -> ASGIApp:
-    """FastAPI with no request logging at all: the floor."""
+    """FastAPI with no request logging at all."""
     return _routes(FastAPI())
+
+
+def floor() -> ASGIApp:
+    """FLOOR: the cheapest honest middleware writing reqlog's access line (bench/floor.py)."""
+    from bench.floor import FloorMiddleware
+
+    app = _routes(FastAPI())
+    fd = os.open(os.devnull, os.O_WRONLY | os.O_APPEND)
+    app.add_middleware(FloorMiddleware, fd=fd, service=SERVICE)
+    return app
 
 
 def article() -> ASGIApp:
@@ -186,7 +199,7 @@ def recipe() -> ASGIApp:
 def _reqlog(**options: Any) -> ASGIApp:
     import reqlog
 
-    reqlog.configure(output=os.devnull, format="json")
+    reqlog.configure(output=os.devnull, format="json", service=SERVICE)
     app = _routes(FastAPI())
     app.add_middleware(reqlog.RequestLoggingMiddleware, **options)
     # Starlette builds the middleware stack on the first request; build it now so that an
@@ -196,7 +209,12 @@ def _reqlog(**options: Any) -> ASGIApp:
 
 
 def reqlog_defaults() -> ASGIApp:
-    """reqlog as the README sets it up: configure() and the middleware, nothing else."""
+    """reqlog as the README sets it up: configure() and the middleware, nothing else.
+
+    ``service`` is set so that the line has the floor's fields; the rest is reqlog's defaults:
+    redaction, the background writer, asgi-correlation-id's context variable, the 500 with its
+    ID, and OpenTelemetry trace context when opentelemetry-api is installed (as in .venv).
+    """
     return _reqlog()
 
 
@@ -208,6 +226,7 @@ def reqlog_full() -> ASGIApp:
 #: Name -> (builder, what it is), in the order of the tables.
 CONTENDERS: dict[str, tuple[Callable[[], ASGIApp], str]] = {
     "bare": (bare, "bare FastAPI, no request logging"),
+    "floor": (floor, "FLOOR: cheapest honest middleware, reqlog's line (bench/floor.py)"),
     "article": (article, "the article: 2x BaseHTTPMiddleware + python-json-logger"),
     "recipe": (recipe, "best public recipe: asgi-correlation-id + pure-ASGI structlog/orjson"),
     "reqlog": (reqlog_defaults, "reqlog defaults"),

@@ -34,6 +34,7 @@ ROUNDS = 5
 REQUESTS = 2000
 WRK_SECONDS = 5
 WRK_CONNECTIONS = 32
+WRK_ROUNDS = 3
 
 
 def _scope() -> dict[str, Any]:
@@ -220,7 +221,7 @@ def _wrk_once(name: str, seconds: int, connections: int) -> float | None:
 
 
 def run_uvicorn(
-    names: list[str], rounds: int = 2, seconds: int = WRK_SECONDS
+    names: list[str], rounds: int = WRK_ROUNDS, seconds: int = WRK_SECONDS
 ) -> dict[str, dict[str, Any]]:
     """Requests/s under a real uvicorn (one worker) with wrk, rounds interleaved."""
     if wrk_path() is None:
@@ -247,8 +248,17 @@ def run(quick: bool = False) -> dict[str, Any]:
         return {
             "inprocess": run_inprocess(names, rounds=1, count=300),
             "uvicorn": run_uvicorn(names, rounds=1, seconds=1),
+            "uvicorn_load": _load(),
         }
-    return {"inprocess": run_inprocess(names), "uvicorn": run_uvicorn(names)}
+    inprocess = run_inprocess(names)
+    load = _load()
+    uvicorn = run_uvicorn(names)
+    # The wall-clock figures mean little on a loaded machine: say how loaded it was.
+    return {"inprocess": inprocess, "uvicorn": uvicorn, "uvicorn_load": max(load, _load())}
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
 
 
 def main() -> None:

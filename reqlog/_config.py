@@ -16,7 +16,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from reqlog import context, schemas
+from reqlog import _escape, context, schemas
 from reqlog import output as _output
 from reqlog.output import Output, Sink, StreamSink, build_sinks
 from reqlog.processors import (
@@ -246,6 +246,8 @@ def _ensure_configured() -> None:
 
 
 # --- rendering ----------------------------------------------------------------------------
+# What makes any event one line (escaping, lone surrogates, keys) is in reqlog._escape; the
+# renderers below call it.
 
 
 def _json_default(obj: Any) -> Any:
@@ -256,13 +258,7 @@ def _json_default(obj: Any) -> Any:
     return _safe_repr(obj)
 
 
-def _safe_repr(obj: Any) -> str:
-    # A user object whose __repr__ raises must cost the field, not the whole event.
-    try:
-        return repr(obj)
-    except Exception:  # noqa: BLE001
-        return f"<unrepresentable {type(obj).__qualname__}>"
-
+_safe_repr = _escape.safe_repr
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
@@ -270,10 +266,12 @@ _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 class JSONRenderer:
     """Processor: the event as one line of JSON (orjson), as bytes or text.
 
-    orjson escapes every control character, so CR, LF and ESC in a path or a message cannot
-    break the one-object-per-line promise. Values orjson cannot serialise become ``repr()``;
-    should serialisation still fail (integers past 64 bits, cycles), the event is written with
-    its values as strings rather than lost.
+    orjson escapes the C0 controls, so CR, LF and ESC in a path or a message cannot break the
+    one-object-per-line promise; DEL, the C1 controls (U+0085 among them), U+2028 and U+2029,
+    which it leaves raw and ``str.splitlines()`` splits on, are escaped after it. Values
+    orjson cannot serialise become ``repr()``; should serialisation still fail (a lone
+    surrogate, integers past 64 bits, cycles), the event is written with those values made
+    serialisable (``reqlog._escape.jsonable``) rather than lost.
     """
 
     def __init__(self, *, as_text: bool = False) -> None:
@@ -283,45 +281,91 @@ class JSONRenderer:
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
         try:
             data = orjson.dumps(event_dict, default=_json_default, option=self._option)
-        except (TypeError, orjson.JSONEncodeError):
-            # Only the values that cannot be serialised become strings: an ECS event keeps
-            # its nested objects when one field holds, say, a dict with tuple keys.
-            safe = {str(k): _json_safe(v) for k, v in event_dict.items()}
+        except TypeError:  # orjson.JSONEncodeError is one
+            safe = _escape.jsonable(event_dict, _json_default, _JSON_OPTIONS)
             data = orjson.dumps(safe, default=_json_default, option=self._option)
+        # _escape.needs_json_escape(), inlined: for a pure-ASCII line, two memchr-speed
+        # scans and no call.
+        if 0x7F in data or (not data.isascii() and (0xC2 in data or 0xE2 in data)):
+            data = _escape.escape_json(data)
         return data.decode() if self.as_text else data
 
 
-def _json_safe(value: Any) -> Any:
-    try:
-        orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
-    except (TypeError, orjson.JSONEncodeError):
-        return _stringify(value)
-    return value
-
-
-def _stringify(value: Any) -> Any:
-    if value is None or isinstance(value, str | bool | float):
-        return value
-    if isinstance(value, int) and -(2**63) <= value < 2**64:
-        return value
-    return _safe_repr(value)
-
-
 def _encode_line(logger: WrappedLogger, method_name: str, text: Any) -> bytes:
-    return str(text).encode("utf-8", "replace") + b"\n"
+    # backslashreplace: a lone surrogate that reached here is written as \udXXX, not lost.
+    return str(text).encode("utf-8", "backslashreplace") + b"\n"
 
 
-# C0 controls and DEL, shown escaped in text formats: no terminal escape sequences, no
-# forged lines. Tabs stay.
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+class _Shown:
+    """A value the console shows as the text it holds: ConsoleRenderer ``repr()``s values."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+_PLAIN: Final = (int, float, bool, type(None))
+
+
+class _EscapeControls:
+    """Processor for the console format: nothing in a key or a value can end the line or
+    reach the terminal raw.
+
+    A string holding a control character, a line separator or a lone surrogate is shown as
+    its ``repr()``, which escapes them all (``'/a\\nforged'``); any other value that is not a
+    number, a boolean or None is shown as its repr with those characters escaped, and a
+    ``__repr__`` that raises costs that field only. Keys that are not plain words are escaped
+    too (``\\x20`` for a space, ``\\x3d`` for ``=``), so a key never costs the event either.
+    ``keep_newlines_in`` keys (tracebacks) keep their line feeds: _ConsoleLines indents them.
+    """
+
+    __slots__ = ("keep",)
+
+    def __init__(self, keep_newlines_in: Iterable[str] = ()) -> None:
+        self.keep = frozenset(keep_newlines_in)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        odd_keys = False
+        for key, value in event_dict.items():
+            if type(key) is not str or not key.isidentifier():
+                odd_keys = True
+            kind = type(value)
+            if kind is str:
+                if not value.isprintable():
+                    if key in self.keep:
+                        event_dict[key] = _escape.escape_multiline(value)
+                    else:
+                        event_dict[key] = _Shown(repr(value))
+            elif kind not in _PLAIN:
+                event_dict[key] = _Shown(_escape.escape_text(_safe_repr(value)))
+        return _escaped_keys(event_dict) if odd_keys else event_dict
+
+
+def _escaped_keys(event_dict: EventDict) -> EventDict:
+    escaped: EventDict = {}
+    for key, value in event_dict.items():
+        name = _escape.escape_key(key)
+        while name in escaped:  # two keys that escape alike: both kept
+            name += "_"
+        escaped[name] = value
+    return escaped
 
 
 class _SafeRenderer:
-    """A text renderer that falls back to ``repr``-safe values when rendering fails.
+    """A text renderer that renders every event, whatever its keys and values hold.
 
-    structlog's console and logfmt renderers call ``repr()`` on values; a user object whose
-    ``__repr__`` raises would otherwise cost the whole event.
+    Should the renderer fail (an object whose ``__str__`` raises, a user processor that put a
+    number where it wants text), every value becomes escaped text and the event is rendered
+    anyway.
     """
+
+    __slots__ = ("renderer",)
 
     def __init__(self, renderer: Processor) -> None:
         self.renderer = renderer
@@ -330,27 +374,65 @@ class _SafeRenderer:
         try:
             return self.renderer(logger, method_name, event_dict)
         except Exception:  # noqa: BLE001
-            safe = {
-                k: v if isinstance(v, str | int | float | bool | None) else _safe_repr(v)
-                for k, v in event_dict.items()
-            }
-            return self.renderer(logger, method_name, safe)
+            return self._fallback(logger, method_name, event_dict)
+
+    def _fallback(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        safe = {
+            _escape.escape_key(k): v
+            if isinstance(v, str)
+            else _escape.escape_text(_escape.safe_str(v))
+            for k, v in event_dict.items()
+        }
+        return self.renderer(logger, method_name, safe)
 
 
-class _EscapeControls:
-    """Processor for the text formats (console, logfmt): control characters as ``\\xNN``."""
+class _LogfmtLine(_SafeRenderer):
+    """structlog's LogfmtRenderer, made to write any event as one line.
 
-    def __init__(self, keep_newlines_in: Iterable[str] = ()) -> None:
-        self.keep = frozenset(keep_newlines_in)
-        self.table = dict(_CONTROL_ESCAPES)
-        self.multiline = {k: v for k, v in self.table.items() if k != 10}
+    Keys that are not plain words are escaped first (the renderer refuses a key with a space,
+    and a ``=`` or a quote would make the pair ambiguous), values other than strings, numbers,
+    booleans and None become their ``str()`` (one that raises costs that field only); the
+    renderer quotes values and
+    writes their line feeds as ``\\n``; what it leaves raw (CR, ESC, the other controls, line
+    separators, lone surrogates) is escaped in the finished line, in one pass that a line of
+    printable text skips.
+    """
 
-    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    __slots__ = ()
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        odd_keys = False
         for key, value in event_dict.items():
-            if isinstance(value, str):
-                table = self.multiline if key in self.keep else self.table
-                event_dict[key] = value.translate(table)
-        return event_dict
+            if type(key) is not str or not key.isidentifier():
+                odd_keys = True
+            kind = type(value)
+            if kind is not str and kind not in _PLAIN:
+                # What the renderer would do, but a __str__ that raises costs only its field.
+                event_dict[key] = _escape.safe_str(value)
+        if odd_keys:
+            event_dict = _escaped_keys(event_dict)
+        line = cast(str, super().__call__(logger, method_name, event_dict))
+        return _escape.escape_text(line)
+
+
+class _ConsoleLines(_SafeRenderer):
+    """structlog's ConsoleRenderer, every line of an event after its first indented by two
+    spaces.
+
+    The first line of an event starts with its timestamp (or its ``[level]``); a traceback's
+    lines, however the exception message was crafted, start with a space. A reader can always
+    tell where the next event begins.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        try:
+            # A copy: ConsoleRenderer pops the fields it places, the fallback needs them all.
+            text = cast(str, self.renderer(logger, method_name, dict(event_dict)))
+        except Exception:  # noqa: BLE001
+            text = self._fallback(logger, method_name, event_dict)
+        return text.replace("\n", "\n  ") if "\n" in text else text
 
 
 # --- the chain ------------------------------------------------------------------------------
@@ -447,7 +529,7 @@ def _build_chain(
             finish.append(schema_step)
         finish.append(_capture)
     elif fmt == "logfmt":
-        finish += [_capture, _EscapeControls()]
+        finish.append(_capture)  # _LogfmtLine escapes keys and the finished line
     else:
         finish += [_capture, _EscapeControls(keep_newlines_in=("exception", "stack"))]
     if slow_output is not None:
@@ -467,13 +549,13 @@ def _renderers(fmt: str, colors: bool, as_text: bool) -> list[Processor]:
     steps: list[Processor]
     if fmt == "logfmt":
         steps = [
-            _SafeRenderer(
+            _LogfmtLine(
                 structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
             )
         ]
     else:
         steps = [
-            _SafeRenderer(
+            _ConsoleLines(
                 structlog.dev.ConsoleRenderer(
                     colors=colors,
                     exception_formatter=structlog.dev.plain_traceback,
@@ -613,7 +695,7 @@ class _StdlibHandler(logging.Handler):
             except Exception as again:  # noqa: BLE001
                 _STATE.output.report("stdlib", f"could not log record {record.msg!r}: {again!r}")
                 return
-        _STATE.output.write(line.encode("utf-8", "replace") + b"\n", record.levelno)
+        _STATE.output.write(line.encode("utf-8", "backslashreplace") + b"\n", record.levelno)
 
 
 def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
@@ -712,6 +794,7 @@ def configure(
     slow_output: Any = None,
     background: bool | None = _UNSET,
     queue_size: int = _UNSET,
+    queue_bytes: int = _UNSET,
     overflow: Literal["drop", "block"] = _UNSET,
     rotate_bytes: int | None = None,
     rotate_when: str | None = None,
@@ -762,7 +845,9 @@ def configure(
     slow = SlowRequests(_as_threshold(slow_ms, slow_name), slow_routes)
     levels = StatusLevels(status_levels)
 
-    out_options = _output_options(background, queue_size, overflow, rotate_bytes, rotate_when)
+    out_options = _output_options(
+        background, queue_size, overflow, rotate_bytes, rotate_when, queue_bytes
+    )
     # -- processors (#3): redaction, sampling, the slow-request output
     redactor = _redactor_option(redact)
     rate_value, rate_name = _pick("sample_rate", sample_rate, 1.0)
@@ -793,6 +878,7 @@ def configure(
                 if out_options.background is None
                 else out_options.background,
                 queue_size=out_options.queue_size,
+                queue_bytes=out_options.queue_bytes,
                 overflow=out_options.overflow,
                 render=_render_own_event,
             )
@@ -856,6 +942,7 @@ def configure(
             sinks,
             background=run_in_background,
             queue_size=out_options.queue_size,
+            queue_bytes=out_options.queue_bytes,
             overflow=out_options.overflow,
             render=_render_own_event,
         )
@@ -979,6 +1066,7 @@ def _rendering_start(tail: list[Processor]) -> int:
     renderers = (
         _EscapeControls,
         JSONRenderer,
+        _SafeRenderer,
         structlog.processors.LogfmtRenderer,
         structlog.dev.ConsoleRenderer,
     )
@@ -998,6 +1086,7 @@ class _OutputOptions:
     overflow: Literal["drop", "block"]
     rotate_bytes: int | None
     rotate_when: str | None
+    queue_bytes: int = _output.DEFAULT_QUEUE_BYTES
 
 
 _TRUE: Final = ("1", "true", "yes", "on")
@@ -1006,7 +1095,12 @@ _ROTATE_WHEN: Final = ("S", "M", "H", "D", "MIDNIGHT", *(f"W{i}" for i in range(
 
 
 def _output_options(
-    background: Any, queue_size: Any, overflow: Any, rotate_bytes: Any, rotate_when: Any
+    background: Any,
+    queue_size: Any,
+    overflow: Any,
+    rotate_bytes: Any,
+    rotate_when: Any,
+    queue_bytes: Any = _UNSET,
 ) -> _OutputOptions:
     bg, bg_name = _pick("background", background, None)
     if isinstance(bg, str):
@@ -1023,6 +1117,13 @@ def _output_options(
         size = int(size)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         msg = f"{size_name}: expected a positive number of lines, got {size!r}"
+        raise ValueError(msg)
+
+    max_bytes, bytes_name = _pick("queue_bytes", queue_bytes, _output.DEFAULT_QUEUE_BYTES)
+    if isinstance(max_bytes, str) and max_bytes.strip().isdigit():
+        max_bytes = int(max_bytes)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        msg = f"{bytes_name}: expected a positive number of bytes, got {max_bytes!r}"
         raise ValueError(msg)
 
     mode, mode_name = _pick("overflow", overflow, "drop")
@@ -1052,6 +1153,7 @@ def _output_options(
         overflow=cast(Literal["drop", "block"], mode.lower()),
         rotate_bytes=rotate_bytes,
         rotate_when=rotate_when,
+        queue_bytes=max_bytes,
     )
 
 
@@ -1073,7 +1175,7 @@ def _render_own_event(event: str, level: str, fields: dict[str, Any]) -> bytes:
     for processor in list(_PROCESSORS):
         result = processor(logger, level, result)
     if isinstance(result, str):
-        result = result.encode("utf-8", "replace") + b"\n"
+        result = result.encode("utf-8", "backslashreplace") + b"\n"
     if not isinstance(result, bytes):
         msg = f"the chain returned {type(result).__name__}, not a rendered line"
         raise TypeError(msg)
@@ -1121,13 +1223,9 @@ def reset() -> None:
 
 
 def _flush_at_exit() -> None:
-    if _STATE.otlp is not None:
-        # First, within otlp_timeout: then the exporter stops, even in the middle of its
-        # retries, and the logs_dropped event for what it lost still reaches the output.
-        _STATE.otlp.close()
-    _STATE.output.flush(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
-    if _STATE.slow_output is not None:
-        _STATE.slow_output.flush(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
+    # finish(), not flush(): bounded by the shutdown's deadline, whatever the sinks do; OTLP
+    # first, within otlp_timeout (finish_all closes it).
+    _output.finish_all(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
 
 
 atexit.register(_flush_at_exit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import io
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import weakref
+from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, Literal, NotRequired, TypedDict
@@ -33,15 +35,22 @@ __all__ = [
 
 #: How often one sink's failures may be reported on stderr.
 REPORT_INTERVAL_S = 60.0
-#: The background queue's default bound, in lines (about 5 MB of typical access events).
+#: The background queue's default bounds: in lines (about 4 MB of typical access events), and
+#: in bytes, whatever the lines' size.
 DEFAULT_QUEUE_SIZE: Final = 10_000
+DEFAULT_QUEUE_BYTES: Final = 8 << 20
 #: Share of the queue past which lines below warning are dropped: the rest is kept for
 #: warnings and errors, so they are the last to go.
 HIGH_WATER: Final = 0.9
 #: Bounds on the automatic flushes: at interpreter exit, on lifespan shutdown, on SIGTERM.
+#: They share one deadline, set by the first of them (Output.finish): shutdown waits for the
+#: output at most this long in all, plus LATE_WAIT_S for a wait that starts after it.
 EXIT_FLUSH_TIMEOUT_S: Final = 5.0
 SHUTDOWN_FLUSH_TIMEOUT_S: Final = 5.0
 SIGNAL_FLUSH_TIMEOUT_S: Final = 5.0
+LATE_WAIT_S: Final = 1.0
+#: How long the one report of lines given up at shutdown may wait for stderr.
+REPORT_TIMEOUT_S: Final = 0.5
 #: Largest write to a pipe that POSIX guarantees lands whole among other writers' writes.
 PIPE_BUF: Final = getattr(select, "PIPE_BUF", 4096)
 #: Largest single write to a regular file: whole lines, one ``write(2)`` each.
@@ -89,8 +98,20 @@ class Sink:
     def flush(self) -> None:
         """Push buffered bytes out."""
 
+    def take_back(self, size: int) -> None:
+        """Remove the last ``size`` bytes written, the remains of a line a failed write tore,
+        where the destination allows it (see :func:`_cut_tail`)."""
+
     def close(self) -> None:
         """Release what the sink opened; streams it was handed stay open."""
+
+
+class PartialWriteError(OSError):
+    """A write that failed after ``written`` bytes of its data (a disk that filled up)."""
+
+    def __init__(self, cause: OSError, written: int) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.written = written
 
 
 class StreamSink(Sink):
@@ -105,7 +126,7 @@ class StreamSink(Sink):
 
     def __init__(self, stream: IO[Any] | None, name: str | None = None, *, owned: bool = False):
         self.stream = stream
-        self.name = name or getattr(stream, "name", None) or type(stream).__name__
+        self.name = str(name or getattr(stream, "name", None) or type(stream).__name__)
         #: True for "stdout"/"stderr" given by name: reqlog may write from its own thread.
         self.owned = owned
         self.broken = stream is None
@@ -145,9 +166,13 @@ class StreamSink(Sink):
             self._mark_broken(fd)
             raise BrokenPipeError(errno.EPIPE, f"{self.name} is closed") from exc
         except OSError as exc:
-            if exc.errno == errno.EBADF:
+            if exc.errno in (errno.EBADF, errno.EPIPE):
                 self._mark_broken(fd)
             raise
+
+    def take_back(self, size: int) -> None:
+        if self._fd is not None and not self.broken:
+            _cut_tail(self._fd, size)
 
     def _mark_broken(self, fd: int) -> None:
         # Nobody will ever read this pipe again. Point the descriptor at /dev/null so that
@@ -175,15 +200,39 @@ def _real_fd(stream: IO[Any]) -> int | None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``, or raise; PartialWriteError says how much was written before."""
     view = memoryview(data)
-    while view:
+    done = 0
+    while done < len(view):
         try:
-            n = os.write(fd, view)
+            done += os.write(fd, view[done:])
         except BlockingIOError:
             # Someone made the descriptor non-blocking; this is the writer's thread: wait.
             select.select([], [fd], [], 1.0)
-            continue
-        view = view[n:]
+        except OSError as exc:
+            if done:
+                raise PartialWriteError(exc, done) from exc
+            raise
+
+
+def _cut_tail(fd: int, size: int) -> bool:
+    """Cut the last ``size`` bytes off the regular file open at ``fd``, if it still ends
+    with them (no other process appended since): the remains of a line torn by a write that
+    failed half way (a full disk) would otherwise be glued to the next line written.
+
+    ``True`` when it did. On a pipe or a terminal the bytes are gone; nothing to take back.
+    """
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        position = os.lseek(fd, 0, os.SEEK_CUR)
+        if os.fstat(fd).st_size != position or position < size:
+            return False
+        os.ftruncate(fd, position - size)
+        os.lseek(fd, position - size, os.SEEK_SET)
+    except OSError:
+        return False
+    return True
 
 
 class _BinaryOpen:
@@ -267,8 +316,18 @@ class FileSink(Sink):
         if stream is None:
             stream = handler.stream = handler._open()
             self._size = self._current_size()
-        _write_all(stream.fileno(), data)
+        try:
+            _write_all(stream.fileno(), data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._size = self._current_size()
+            raise
         self._size += len(data)
+
+    def take_back(self, size: int) -> None:
+        stream = self._handler.stream
+        if stream is not None and _cut_tail(stream.fileno(), size):
+            self._size = self._current_size()
 
     def _reopen_if_needed(self) -> None:
         handler = self._handler
@@ -426,10 +485,20 @@ class _Reporter:
         return f"reqlog: {what}{tail}\n"
 
 
-def _write_stderr(text: str) -> None:
-    # The real stderr, byte-level: sys.stderr may be the very sink that is failing.
-    with contextlib.suppress(OSError):
-        os.write(2, text.encode("utf-8", "replace"))
+def _write_stderr(text: str, timeout: float | None = None) -> None:
+    """Write to the real stderr, byte-level: sys.stderr may be the very sink that is failing.
+
+    With ``timeout``, only if stderr can take the text within that many seconds: a pipe
+    nobody reads must not hold up the caller (the shutdown). A write of up to PIPE_BUF bytes
+    to a pipe that select() finds writable does not block.
+    """
+    data = text.encode("utf-8", "replace")
+    with contextlib.suppress(OSError, ValueError):
+        if timeout is not None:
+            data = data[:PIPE_BUF]
+            if not select.select([], [2], [], timeout)[1]:
+                return
+        os.write(2, data)
 
 
 def _default_render(event: str, level: str, fields: dict[str, Any]) -> bytes:
@@ -451,11 +520,15 @@ class Output:
     """Fans each rendered line out to the sinks, counting, and never raising.
 
     Synchronous by default: ``write`` writes before it returns. With ``background=True`` it
-    only appends to a bounded queue (a lock, an append) and one daemon thread writes what
-    is queued in batches: one ``write(2)`` per chunk of whole lines. When the queue is full,
-    ``overflow="drop"`` drops the line (lines below warning already once it is 90% full) and
-    counts it; the writer then writes one ``logs_dropped`` warning with the count.
-    ``overflow="block"`` makes the caller wait for room instead.
+    only appends to a bounded queue (a lock, a copy into one buffer) and one daemon thread
+    writes what is queued in batches: one ``write(2)`` per chunk of whole lines. When the
+    queue is full (``queue_size`` lines or ``queue_bytes`` bytes), ``overflow="drop"`` drops
+    the line (lines below warning already once it is 90% full) and counts it; the writer then
+    writes one ``logs_dropped`` warning with the count. ``overflow="block"`` makes the caller
+    wait for room instead.
+
+    The counters count events, not reqlog's own ``logs_dropped`` notices: ``dropped`` is the
+    number of events missing from the output.
     """
 
     def __init__(
@@ -464,6 +537,7 @@ class Output:
         *,
         background: bool = False,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         overflow: Overflow = "drop",
         render: Render | None = None,
         report_interval: float = REPORT_INTERVAL_S,
@@ -471,6 +545,7 @@ class Output:
         self.sinks = list(sinks)
         self.background = background
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.overflow = overflow
         self._render = render or _default_render
         # Reentrant: a SIGTERM handler that flushes may run while the main thread holds it.
@@ -478,14 +553,28 @@ class Output:
         self._wake = threading.Condition(self._lock)  # the writer waits for lines
         self._progress = threading.Condition(self._lock)  # flush() and blocked callers wait
         self._reporter = _Reporter(report_interval)
-        self._queue: list[bytes] = []
+        # The queue: the lines one after the other in one buffer, and where each ends. orjson
+        # hands out its lines in 8 KB allocations whatever their length; copied here, a queued
+        # line costs its bytes and 8 more (RSS measured in tests/test_e2e_output.py).
+        self._buf = bytearray()
+        self._ends = array("Q")
         self._soft_limit = max(1, int(queue_size * HIGH_WATER))
+        self._soft_bytes = max(1, int(queue_bytes * HIGH_WATER))
         self._idle = False
         self._closing = False
         self._thread: threading.Thread | None = None
         self._overflow_unreported = 0
-        self._sink_unreported = 0
+        # logs_dropped notices not written yet, by reason: written after the next batch the
+        # sinks take whole.
+        self._owed: dict[str, int] = {}
+        self._notice_in_flight = False
+        self._last_batch_ok = True
         self._reports: list[str] = []
+        # Shutdown (finish(), write_through()): a deadline shared by every later wait, and
+        # whether reqlog gave up on the sinks.
+        self._deadline: float | None = None
+        self._through = False
+        self._abandoned = False
         self.accepted = 0
         self.written = 0
         self.dropped = 0
@@ -502,38 +591,54 @@ class Output:
             return
         with self._lock:
             self.accepted += 1
-            if len(self._queue) >= self._soft_limit and not self._room(level):
+            if self._abandoned:
+                self.dropped += 1
                 return
-            # Not a local alias: _room() may have waited while the writer swapped the list.
-            self._queue.append(line)
+            count = len(self._ends)
+            if (
+                count
+                and (count >= self._soft_limit or len(self._buf) + len(line) > self._soft_bytes)
+                and not self._room(level, len(line))
+            ):
+                return
+            # Not local aliases: _room() may have waited while the writer swapped them.
+            self._buf += line
+            self._ends.append(len(self._buf))
             if self._idle:
                 self._idle = False
                 self._wake.notify()
             elif self._thread is None:
                 self._start()
+            if self._through and threading.current_thread() is not self._thread:
+                self._wait_written(self.accepted, self._shutdown_deadline(None))
 
-    def _room(self, level: int) -> bool:
-        # Called with the lock held, past the high-water mark.
+    def _full(self, size: int) -> bool:
+        count = len(self._ends)
+        # An empty queue takes any one line, however long: it is dropped no sooner than
+        # the writer could have written it.
+        return count >= self.queue_size or (count > 0 and len(self._buf) + size > self.queue_bytes)
+
+    def _room(self, level: int, size: int) -> bool:
+        # Called with the lock held, past a high-water mark.
         if self.overflow == "block":
             if threading.current_thread() is self._thread:
                 self._drop_one()
                 return False
-            while len(self._queue) >= self.queue_size and self._writer_alive():
+            while self._full(size) and self._writer_alive() and not self._abandoned:
                 self._idle = False
                 self._wake.notify()
                 self._progress.wait(0.5)
-            if len(self._queue) < self.queue_size:
+            if not self._full(size) and not self._abandoned:
                 return True
-        elif len(self._queue) < self.queue_size and level >= _WARNING:
+        elif level >= _WARNING and not self._full(size):
             return True
         self._drop_one()
         return False
 
     def _drop_one(self) -> None:
         self.dropped += 1
-        if not self._overflow_unreported:
-            # The logs_dropped notice to come is itself a line: flush() waits for it too.
-            self.accepted += 1
+        if self._abandoned:
+            return
         self._overflow_unreported += 1
         if self._idle:
             self._idle = False
@@ -549,6 +654,7 @@ class Output:
                 except Exception as exc:  # noqa: BLE001 - a sink must never break the caller
                     ok = False
                     self.errors += 1
+                    _take_back_torn(sink, exc, 0, [len(line)])
                     self._report_now(sink.name, f"cannot write to {sink.name}: {exc!r}")
             if ok:
                 self.written += 1
@@ -569,7 +675,9 @@ class Output:
                     self._idle = False
                     self._wake.notify()
                 return
-        _write_stderr(text)
+            # After giving up at shutdown, stderr may be the stalled pipe: a bounded attempt.
+            timeout = REPORT_TIMEOUT_S if self._abandoned else None
+        _write_stderr(text, timeout)
 
     def _report_now(self, key: str, what: str) -> None:
         text = self._reporter.report(key, what)
@@ -577,7 +685,10 @@ class Output:
             _write_stderr(text)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until every line accepted so far is written (or dropped); ``False`` on timeout."""
+        """Block until every line accepted so far is written (or dropped); ``False`` on timeout.
+
+        A ``logs_dropped`` notice due is waited for too, unless the sinks are failing.
+        """
         if not self.background or threading.current_thread() is self._thread:
             with self._lock:
                 for sink in self.sinks:
@@ -589,39 +700,93 @@ class Output:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            target = self.accepted
-            while self.written + self.dropped < target:
-                if not self._writer_alive():
-                    if self._thread is None and self._queue:
-                        self._start()
-                    else:
-                        return False
-                self._idle = False
-                self._wake.notify()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._progress.wait(remaining)
+            return self._wait_written(self.accepted, deadline, give_up=False)
+
+    def _wait_written(self, target: int, deadline: float | None, *, give_up: bool = True) -> bool:
+        """With the lock held: wait until the first ``target`` lines are written or dropped.
+
+        ``deadline`` (``time.monotonic()``) bounds the wait; with ``give_up``, reqlog gives up
+        on the sinks when it passes (shutdown).
+        """
+        while not self._abandoned and (
+            self.written + self.dropped < target
+            or self._overflow_unreported
+            or self._notice_in_flight
+            or (self._owed and self._last_batch_ok)
+        ):
+            if not self._writer_alive():
+                if self._thread is None and self._ends:
+                    self._start()
+                else:
+                    # Nobody to wait for: done, unless lines (not only a notice) are left.
+                    return self.written + self.dropped >= target
+            self._idle = False
+            self._wake.notify()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                if give_up:
+                    self._abandon()
+                return False
+            self._progress.wait(remaining)
         return True
 
-    def write_through(self, timeout: float | None = None) -> None:
-        """Flush, then write every later line before ``write()`` returns.
+    def finish(self, timeout: float | None = SHUTDOWN_FLUSH_TIMEOUT_S) -> bool:
+        """The last flush, at the end of the process: ``False`` if reqlog gave up on the sinks.
+
+        It waits at most ``timeout`` seconds, and never past the deadline set by the first
+        finish() (lifespan shutdown, SIGTERM or interpreter exit, whichever comes first),
+        except for a grace of ``LATE_WAIT_S`` given to a wait that starts after it. When the
+        time runs out, every line not written yet is counted as dropped, the loss is reported
+        once on stderr, and every later line is dropped and counted at once: whatever the
+        sinks do (a pipe nobody reads, a hung file system), the process can end.
+        """
+        if not self.background or threading.current_thread() is self._thread:
+            return self.flush(timeout)
+        with self._lock:
+            if self._abandoned:
+                return False
+            return self._wait_written(self.accepted, self._shutdown_deadline(timeout))
+
+    def write_through(self, timeout: float | None = SHUTDOWN_FLUSH_TIMEOUT_S) -> None:
+        """finish(), then make every later ``write()`` wait until its line is written.
 
         For the end of an application's life (lifespan shutdown): the server logs a few more
         lines, then may die of the SIGTERM it re-raises, which skips atexit and would lose
         whatever the writer thread had not written yet. No request is served any more, so
-        writing in the caller costs nothing that matters.
+        waiting costs nothing that matters; the waits share finish()'s deadline.
         """
         if not self.background:
             return
-        self.flush(timeout)
+        self.finish(timeout)
         with self._lock:
-            self.background = False
-            leftover, self._queue = self._queue, []
-            self._closing = True
-            self._wake.notify()
-        if leftover:
-            self._write_batch(leftover)
+            self._through = True
+
+    def _shutdown_deadline(self, timeout: float | None) -> float | None:
+        now = time.monotonic()
+        if timeout is not None and self._deadline is None:
+            self._deadline = now + timeout
+        if self._deadline is None:
+            return None
+        late = now + (LATE_WAIT_S if timeout is None else min(timeout, LATE_WAIT_S))
+        return max(self._deadline, late)
+
+    def _abandon(self) -> None:
+        """With the lock held: give up on the sinks; what is not written is dropped."""
+        self._abandoned = True
+        pending = self.accepted - self.written - self.dropped
+        self.dropped += pending
+        self._buf, self._ends = bytearray(), array("Q")
+        self._overflow_unreported = 0
+        self._owed.clear()
+        self._wake.notify()
+        self._progress.notify_all()
+        names = ", ".join(sink.name for sink in self.sinks)
+        text = (
+            f"reqlog: gave up on {names} at the shutdown deadline: {pending} lines not "
+            f"written, counted as dropped ({self.dropped} dropped since configure())\n"
+        )
+        # The lock is held, and stderr may be stalled too: one bounded attempt.
+        _write_stderr(text, timeout=REPORT_TIMEOUT_S)
 
     def stats(self) -> OutputStats:
         with self._lock:
@@ -650,7 +815,7 @@ class Output:
     # -- the writer's side ---------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._closing:
+        if self._closing or self._abandoned:
             return
         self._thread = threading.Thread(target=self._run, name="reqlog-writer", daemon=True)
         self._thread.start()
@@ -671,37 +836,41 @@ class Output:
                     self._idle = True
                     self._wake.wait()
                 self._idle = False
-                batch, self._queue = self._queue, []
+                if self._abandoned:
+                    return
+                data, ends = self._buf, self._ends
+                self._buf, self._ends = bytearray(), array("Q")
                 reports, self._reports = self._reports, []
                 overflowed, self._overflow_unreported = self._overflow_unreported, 0
+                self._notice_in_flight = overflowed > 0
                 if self.overflow == "block":
                     self._progress.notify_all()
-                closing = self._closing and not batch
+                closing = self._closing and not ends
             for text in reports:
                 _write_stderr(text)
-            if batch:
-                self._write_batch(batch)
+            if ends:
+                self._write_batch(data, ends)
             if overflowed:
-                notice = self._notice(overflowed, "queue_full")
-                self._write_batch([notice])
+                self._send_notice("queue_full", overflowed)
             with lock:
-                if self._sink_unreported and self._last_batch_ok:
-                    count, self._sink_unreported = self._sink_unreported, 0
-                    self.accepted += 1
-                    sink_notice: bytes | None = self._notice(count, "sink_error")
-                else:
-                    sink_notice = None
-            if sink_notice is not None:
-                self._write_batch([sink_notice], notice=True)
+                owed = dict(self._owed) if self._last_batch_ok and not self._abandoned else {}
+                self._notice_in_flight = bool(owed)
+            for reason, count in owed.items():
+                self._send_notice(reason, count, owed=True)
             with lock:
+                self._notice_in_flight = False
                 self._progress.notify_all()
-                if closing and not self._queue:
+                if self._abandoned or (closing and not self._ends):
                     return
 
-    _last_batch_ok = True
-
     def _has_work(self) -> bool:
-        return bool(self._queue or self._reports or self._closing or self._overflow_unreported)
+        return bool(
+            self._ends
+            or self._reports
+            or self._closing
+            or self._overflow_unreported
+            or self._abandoned
+        )
 
     def _notice(self, count: int, reason: str) -> bytes:
         fields = {"count": count, "reason": reason}
@@ -710,17 +879,61 @@ class Output:
         except Exception:  # noqa: BLE001 - the configured chain failed: plain JSON then
             return _default_render("logs_dropped", "warning", fields)
 
-    def _write_batch(self, batch: list[bytes], *, notice: bool = False) -> None:
+    def _send_notice(self, reason: str, count: int, *, owed: bool = False) -> None:
+        """Write one ``logs_dropped`` notice; if a sink fails, it stays owed for later."""
+        with self._lock:
+            if self._abandoned:
+                return
+        line = self._notice(count, reason)
+        failed, errors = self._write_to_sinks(line, array("Q", [len(line)]))
+        with self._lock:
+            self.errors += errors
+            if failed:
+                self._last_batch_ok = False
+                if not owed:
+                    self._owed[reason] = self._owed.get(reason, 0) + count
+            elif owed:
+                left = self._owed.get(reason, 0) - count
+                if left > 0:
+                    self._owed[reason] = left
+                else:
+                    self._owed.pop(reason, None)
+
+    def _write_batch(self, data: bytearray, ends: array[int]) -> None:
         """Write whole lines, one write per chunk per sink; count every line once."""
+        failed, errors = self._write_to_sinks(data, ends)
+        with self._lock:
+            self.errors += errors
+            done = len(ends) - failed
+            self._last_batch_ok = not failed
+            if self._abandoned:
+                # _abandon() counted the whole batch as dropped; some of it made it.
+                self.dropped -= done
+                self.written += done
+                return
+            self.dropped += failed
+            self.written += done
+            if failed:
+                self._owed["sink_error"] = self._owed.get("sink_error", 0) + failed
+
+    def _write_to_sinks(self, data: bytes | bytearray, ends: array[int]) -> tuple[int, int]:
+        """Write ``data`` (lines ending at ``ends``) to every sink; (lines lost, errors).
+
+        A line counts as lost when a sink did not take it whole. A write that failed half way
+        through a line (a disk that filled up) is taken back where the sink allows, so that
+        the next line does not start on the same line as its remains.
+        """
         failed: set[int] = set()
         errors = 0
+        view = memoryview(data)  # chunks are copied out of it, not sliced into new buffers
         for sink in self.sinks:
-            for start, end, data in _chunks(batch, sink.chunk_bytes):
+            for first, last, start, end in _chunks(ends, sink.chunk_bytes):
                 try:
-                    sink.write(data)
+                    sink.write(bytes(view[start:end]))
                 except Exception as exc:  # noqa: BLE001 - a sink must never break the caller
                     errors += 1
-                    failed.update(range(start, end))
+                    whole = _take_back_torn(sink, exc, start, ends[first:last])
+                    failed.update(range(first + whole, last))
                     with self._lock:
                         text = self._reporter.report(
                             sink.name, f"cannot write to {sink.name}: {exc!r}"
@@ -730,41 +943,55 @@ class Output:
             if not failed and not isinstance(sink, FileSink):
                 with contextlib.suppress(Exception):
                     sink.flush()
-        with self._lock:
-            self.errors += errors
-            self.dropped += len(failed)
-            self.written += len(batch) - len(failed)
-            self._last_batch_ok = not failed
-            if failed and not notice:
-                self._sink_unreported += len(failed)
+        view.release()
+        return len(failed), errors
 
     def _after_fork(self) -> None:
         # The writer thread did not survive fork(); the parent writes what it had queued.
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
-        self._queue = []
+        self._buf, self._ends = bytearray(), array("Q")
         self._reports = []
         self._thread = None
         self._idle = False
-        self._overflow_unreported = self._sink_unreported = 0
+        self._overflow_unreported = 0
+        self._owed = {}
+        self._notice_in_flight = False
+        self._last_batch_ok = True
+        self._deadline = None
+        self._through = self._abandoned = False
         self.accepted = self.written = self.dropped = self.errors = 0
 
 
-def _chunks(batch: list[bytes], limit: int) -> list[tuple[int, int, bytes]]:
-    """Whole lines joined into chunks of at most ``limit`` bytes (a longer line goes alone)."""
-    if len(batch) == 1:
-        return [(0, 1, batch[0])]
-    chunks: list[tuple[int, int, bytes]] = []
-    start = 0
-    size = 0
-    for i, line in enumerate(batch):
-        if size and size + len(line) > limit:
-            chunks.append((start, i, b"".join(batch[start:i])))
-            start, size = i, 0
-        size += len(line)
-    chunks.append((start, len(batch), b"".join(batch[start:])))
+def _chunks(ends: array[int], limit: int) -> list[tuple[int, int, int, int]]:
+    """Whole lines grouped into chunks of at most ``limit`` bytes (a longer line goes alone):
+    (first line, last line + 1, first byte, last byte + 1) of each."""
+    count = len(ends)
+    if count == 1:
+        return [(0, 1, 0, ends[0])]
+    chunks: list[tuple[int, int, int, int]] = []
+    first = start = 0
+    for i in range(count):
+        if i > first and ends[i] - start > limit:
+            chunks.append((first, i, start, ends[i - 1]))
+            first, start = i, ends[i - 1]
+    chunks.append((first, count, start, ends[-1]))
     return chunks
+
+
+def _take_back_torn(sink: Sink, exc: BaseException, start: int, ends: Sequence[int]) -> int:
+    """How many of the lines ending at ``ends`` (offsets into the data, the chunk beginning
+    at ``start``) the failed write took whole; the bytes of a line it tore are taken back."""
+    written = exc.written if isinstance(exc, PartialWriteError) else 0
+    if not written:
+        return 0
+    reached = start + written
+    whole = bisect.bisect_right(ends, reached)
+    torn = reached - (ends[whole - 1] if whole else start)
+    if torn:
+        sink.take_back(torn)
+    return whole
 
 
 _BACKGROUND: weakref.WeakSet[Output] = weakref.WeakSet()
@@ -789,7 +1016,7 @@ def _flush_on_sigterm(signum: int, frame: Any) -> None:
     its graceful shutdown; the lines uvicorn logged after the lifespan ended get written.
     """
     with contextlib.suppress(Exception):
-        flush(timeout=SIGNAL_FLUSH_TIMEOUT_S)
+        finish_all(timeout=SIGNAL_FLUSH_TIMEOUT_S)
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
 
@@ -831,6 +1058,22 @@ def flush(timeout: float | None = None) -> bool:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         done = slow.flush(left) and done
     return done
+
+
+def finish_all(timeout: float) -> None:
+    """The last flush of the output and the ``slow_output`` (Output.finish): at exit, on
+    SIGTERM. Bounded by the shutdown's deadline whatever the sinks do."""
+    from reqlog import _config
+
+    otlp = _config._STATE.otlp
+    if otlp is not None:
+        # First, within otlp_timeout: then the exporter stops, even in the middle of its
+        # retries, and the logs_dropped event for what it lost still reaches the output.
+        otlp.close(timeout)
+    _config.current_output().finish(timeout)
+    slow = _config._STATE.slow_output
+    if slow is not None:
+        slow.finish(timeout)
 
 
 def output_stats() -> OutputStats:

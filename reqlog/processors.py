@@ -1490,7 +1490,11 @@ def add_logger_name(logger: Any, method_name: str, event_dict: EventDict) -> Eve
     from :func:`reqlog.default_processors` works with any structlog logger.
     """
     record = event_dict.get("_record")
-    name = record.name if record is not None else getattr(logger, "name", None)
+    # An app's own field named _record is not a record: it must not cost the event.
+    if isinstance(record, logging.LogRecord):
+        name: Any = record.name
+    else:
+        name = getattr(logger, "name", None)
     if name is not None:
         event_dict["logger"] = name
     return event_dict

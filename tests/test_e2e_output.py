@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -57,7 +59,12 @@ APP = textwrap.dedent(
     @app.get("/_stats")
     async def stats() -> dict[str, int]:
         out = reqlog._config.current_output()
-        return {**reqlog.output_stats(), "queued": len(out._queue), "rss_kib": rss_kib()}
+        return {
+            **reqlog.output_stats(),
+            "queued": len(out._ends),
+            "queued_bytes": len(out._buf),
+            "rss_kib": rss_kib(),
+        }
 
 
     @app.get("/_flush")
@@ -72,22 +79,25 @@ class Server:
     """A uvicorn subprocess serving tests' app module on a free port."""
 
     def __init__(
-        self, app_dir: Path, env: dict[str, str], *args: str, stdout: Any = subprocess.DEVNULL
+        self,
+        app_dir: Path,
+        env: dict[str, str],
+        *args: str,
+        stdout: Any = subprocess.DEVNULL,
+        stderr: Any = subprocess.PIPE,
     ) -> None:
         (app_dir / "app.py").write_text(APP)
         sock = listening_socket()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(app_dir)]
         command += ["--fd", str(sock.fileno()), *args]
-        fds = [sock.fileno()]
-        if isinstance(stdout, int) and stdout > 2:
-            fds.append(stdout)
+        fds = {sock.fileno(), *(fd for fd in (stdout, stderr) if isinstance(fd, int) and fd > 2)}
         self.proc = subprocess.Popen(
             command,
             env={**os.environ, **env},
             stdout=stdout,
-            stderr=subprocess.PIPE,
-            pass_fds=fds,
+            stderr=stderr,
+            pass_fds=tuple(fds),
         )
         sock.close()
 
@@ -111,9 +121,8 @@ class Server:
         return self.proc.wait(30)
 
     def stderr(self) -> str:
-        if self.proc.poll() is None:
+        if self.proc.poll() is None or self.proc.stderr is None:
             return ""
-        assert self.proc.stderr is not None
         return self.proc.stderr.read().decode()
 
     def kill(self) -> None:
@@ -130,12 +139,17 @@ def servers() -> Iterator[list[Server]]:
         server.kill()
 
 
-def send_requests(url: str, count: int, threads: int = 1) -> list[str]:
-    """``count`` requests, each with its own request ID; every one must succeed."""
+def send_requests(url: str, count: int, threads: int = 1, *, keepalive: bool = True) -> list[str]:
+    """``count`` requests, each with its own request ID; every one must succeed.
+
+    ``keepalive=False`` opens a connection per request, so that several server processes
+    sharing one socket each get a share of them (one worker would keep a keep-alive one).
+    """
     ids = [uuid.uuid4().hex for _ in range(count)]
+    limits = httpx.Limits(max_keepalive_connections=None if keepalive else 0)
 
     def run(part: list[str]) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30, limits=limits) as client:
             for rid in part:
                 response = client.get(f"/items/{len(rid)}", headers={"X-Request-ID": rid})
                 assert response.status_code == 200
@@ -261,6 +275,38 @@ def test_a_pipe_nobody_reads_costs_requests_nothing_and_drops_are_exact(
     assert set(later) <= set(seen)
 
 
+@pytest.mark.parametrize(
+    ("pad", "requests"),
+    [(0, 10_000), (20_000, 1_000)],
+    ids=["10k_access_lines", "20MB_of_long_lines"],
+)
+def test_a_full_queue_costs_about_its_bytes_of_memory(
+    tmp_path: Path, servers: list[Server], pad: int, requests: int
+) -> None:
+    """With the default bounds (10,000 lines, 8 MiB) and a pipe nobody reads, the server's
+    memory grows by about the bytes queued; it grew by 37 MB for 10,000 access lines."""
+    from reqlog import output
+
+    read_fd, write_fd = stalled_pipe()
+    server = Server(tmp_path, {"REQLOG_OUTPUT": "stdout", "PAD": str(pad)}, stdout=write_fd)
+    os.close(write_fd)
+    servers.append(server)
+    server.wait_ready()
+    before = server.get("/_stats")
+
+    send_requests(server.url, requests, threads=4)
+
+    during = server.get("/_stats")
+    assert during["written"] == 0
+    assert during["dropped"] > 0  # the queue is full
+    assert during["queued_bytes"] <= output.DEFAULT_QUEUE_BYTES
+    grown = (during["rss_kib"] - before["rss_kib"]) * 1024
+    # The bytes queued, the buffer's growth slack, and a few MB of allocator noise.
+    assert grown < during["queued_bytes"] * 1.25 + 4_000_000, (grown, during)
+    server.kill()
+    os.close(read_fd)
+
+
 def test_four_workers_append_whole_lines_to_one_file(tmp_path: Path, servers: list[Server]) -> None:
     log = tmp_path / "app.log"
     # Lines of 3 kB: any torn or interleaved write would show as invalid JSON.
@@ -268,8 +314,12 @@ def test_four_workers_append_whole_lines_to_one_file(tmp_path: Path, servers: li
     server = Server(tmp_path, env, "--workers", "4")
     servers.append(server)
     server.wait_ready()
+    # The first worker up answers the request above; the others may still be importing the
+    # app, and a connection made meanwhile stays with the first one. Start once all four
+    # have said so, and give every request its own connection.
+    _await_lines(log, b'"event":"Application startup complete."', 4)
 
-    ids = send_requests(server.url, 1000, threads=16)
+    ids = send_requests(server.url, 1000, threads=16, keepalive=False)
     server.terminate()
 
     lines = log.read_bytes().splitlines()
@@ -278,6 +328,13 @@ def test_four_workers_append_whole_lines_to_one_file(tmp_path: Path, servers: li
     assert len(completed) == 1000
     assert completed_ids(events) == Counter(ids)
     assert len({e["pid"] for e in completed}) > 1
+
+
+def _await_lines(path: Path, needle: bytes, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.read_bytes().count(needle) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} lines with {needle!r}"
+        time.sleep(0.02)
 
 
 CLOSED_STDOUT_APP = textwrap.dedent(
@@ -352,3 +409,44 @@ def test_closed_stdout_keeps_serving_and_exits_0(tmp_path: Path) -> None:
     assert stderr.count("reqlog: cannot write to stdout") == 1
     assert "Traceback" not in stderr
     assert "Exception ignored" not in stderr
+
+
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout_stalled", "both_stalled"])
+def test_sigterm_with_stdout_stalled_and_lifespan_on_ends_within_the_bound(
+    tmp_path: Path, servers: list[Server], stderr_too: bool
+) -> None:
+    """The lifespan's flush gives up at its deadline: what is not written is counted as
+    dropped, reported once on stderr, and the process dies of its SIGTERM as usual."""
+    from reqlog import output
+
+    read_fd, write_fd = stalled_pipe()
+    stderr: Any = write_fd if stderr_too else subprocess.PIPE
+    server = Server(tmp_path, {"REQLOG_OUTPUT": "stdout"}, stdout=write_fd, stderr=stderr)
+    os.close(write_fd)
+    servers.append(server)
+    server.wait_ready()
+    send_requests(server.url, 50)
+    before = server.get("/_stats")
+    assert before["written"] == 0
+
+    server.proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    status = server.proc.wait(60)  # on reqlog 0.1 it never came back: a pipe write blocked
+    took = time.monotonic() - started
+
+    assert status == -signal.SIGTERM
+    # The documented bound, and generous room for a loaded machine to tear a process down.
+    bound = output.SHUTDOWN_FLUSH_TIMEOUT_S + output.LATE_WAIT_S + output.REPORT_TIMEOUT_S
+    assert took < bound + 10
+    os.set_blocking(read_fd, False)
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(read_fd, 1 << 16):
+            # Nothing was written to the full pipe: no line, and no torn half of one.
+            assert chunk.count(0) == len(chunk)
+    os.close(read_fd)
+    if not stderr_too:
+        reports = [line for line in server.stderr().splitlines() if "gave up on" in line]
+        assert len(reports) == 1, server.stderr()
+        given_up = int(reports[0].split("shutdown deadline: ")[1].split()[0])
+        # Every line accepted before SIGTERM, and the server's first shutdown lines.
+        assert given_up >= before["accepted"] > 50

@@ -106,7 +106,7 @@ def wait_until_writer_blocked(out: output.Output) -> None:
     it writes before it takes anything else: from then on nothing queued leaves the queue.
     """
     deadline = time.monotonic() + 30
-    while out._queue or out._idle:
+    while out._ends or out._idle:
         assert time.monotonic() < deadline, "the writer never picked the line up"
         time.sleep(0.005)
 
@@ -137,7 +137,6 @@ def test_lifespan_shutdown_switches_to_writing_through(tmp_path: Path) -> None:
     for i in range(100):
         log.info("tick", i=i)
     current().write_through(timeout=5)
-    assert not current().background
     log.info("Application shutdown complete.")
     # Read without flush(): written before info() returned.
     assert [e.get("i", e["event"]) for e in read_events(path)] == [
@@ -168,11 +167,20 @@ def test_environment_chooses_background_queue_and_overflow(
 ) -> None:
     monkeypatch.setenv("REQLOG_BACKGROUND", "false")
     monkeypatch.setenv("REQLOG_QUEUE_SIZE", "123")
+    monkeypatch.setenv("REQLOG_QUEUE_BYTES", "45678")
     monkeypatch.setenv("REQLOG_OVERFLOW", "block")
     reqlog.configure(output=str(tmp_path / "a.log"))
 
     out = current()
-    assert (out.background, out.queue_size, out.overflow) == (False, 123, "block")
+    assert (out.background, out.queue_size, out.queue_bytes, out.overflow) == (
+        False,
+        123,
+        45678,
+        "block",
+    )
+    monkeypatch.setenv("REQLOG_QUEUE_BYTES", "-1")
+    with pytest.raises(ValueError, match=r"^queue_bytes \(from REQLOG_QUEUE_BYTES\): expected"):
+        reqlog.configure(output=str(tmp_path / "a.log"))
 
 
 def test_several_outputs_get_every_line(tmp_path: Path) -> None:
@@ -237,10 +245,10 @@ def test_a_stalled_sink_never_blocks_the_caller_and_drops_are_counted(
     assert time.monotonic() - started < 5  # it returned at all: the pipe is still full
 
     stats = reqlog.output_stats()
-    # Lines below warning stop at 90% of the queue; the logs_dropped notice to come is
-    # already counted as accepted.
-    assert stats == {"accepted": 1002, "written": 0, "dropped": 910, "errors": 0}
-    assert len(current()._queue) == 90
+    # Lines below warning stop at 90% of the queue. The counters count events: the
+    # logs_dropped notice to come is not one.
+    assert stats == {"accepted": 1001, "written": 0, "dropped": 910, "errors": 0}
+    assert len(current()._ends) == 90
 
     stalled.drain()
     assert reqlog.flush(timeout=5)
@@ -262,7 +270,7 @@ def test_a_stalled_sink_never_blocks_the_caller_and_drops_are_counted(
     ]
     assert events[-1]["event"] == "after"
     stats = reqlog.output_stats()
-    assert stats == {"accepted": 1003, "written": 93, "dropped": 910, "errors": 0}
+    assert stats == {"accepted": 1002, "written": 92, "dropped": 910, "errors": 0}
     assert stats["accepted"] == stats["written"] + stats["dropped"]
 
 
@@ -326,6 +334,75 @@ def test_overflow_block_waits_for_room_instead_of_dropping(stalled: StalledPipe)
     assert reqlog.output_stats()["dropped"] == 0
 
 
+def test_queued_lines_cost_their_bytes_not_the_renderers_allocations(
+    stalled: StalledPipe,
+) -> None:
+    """orjson hands out every line in an 8 KB allocation: 10,000 queued access events held
+    80 MB. The queue copies them into one buffer."""
+    import tracemalloc
+
+    reqlog.configure(output=stalled.stream, background=True, format="json")
+    log = reqlog.get_logger("reqlog.access")
+    log.info("blocker")
+    wait_until_writer_blocked(current())
+    fields = {
+        "method": "GET",
+        "path": "/items/42",
+        "route": "/items/{item_id}",
+        "status_code": 200,
+        "duration_ms": 1.5,
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+    }
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10_000):
+            log.info("request_completed", **fields)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    queued = len(current()._ends)
+    assert queued == 9_000  # lines below warning stop at 90% of queue_size
+    line_bytes = len(current()._buf) / queued
+    assert grown < queued * (line_bytes + 8) * 1.3  # the buffer's own slack, and little else
+
+
+def test_the_queue_is_bounded_in_bytes_too(stalled: StalledPipe) -> None:
+    reqlog.configure(output=stalled.stream, background=True, queue_bytes=100_000, format="json")
+    log = reqlog.get_logger("t")
+    log.info("blocker")
+    wait_until_writer_blocked(current())
+
+    for i in range(500):
+        log.info("big", i=i, pad="x" * 1000)  # about 1.1 KB each
+    queued_info = len(current()._ends)
+    for i in range(30):
+        log.error("big_error", i=i, pad="x" * 1000)
+    kept_errors = len(current()._ends) - queued_info
+
+    # Lines below warning stop at 90% of queue_bytes; warnings and errors get the rest.
+    assert 80 <= queued_info <= 90_000 // 1000
+    assert 1 <= kept_errors < 30
+    assert len(current()._buf) <= 100_000
+    stats = reqlog.output_stats()
+    assert stats["dropped"] == (500 - queued_info) + (30 - kept_errors)
+    stalled.drain()
+    assert reqlog.flush(timeout=5)
+    events = [orjson.loads(line) for line in stalled.lines()]
+    assert [e["i"] for e in events if e["event"] == "big_error"] == list(range(kept_errors))
+    assert events[-1]["event"] == "logs_dropped"
+    assert events[-1]["count"] == stats["dropped"]
+
+
+def test_a_line_longer_than_queue_bytes_is_written_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    reqlog.configure(output=str(path), queue_bytes=1000, format="json")
+    reqlog.get_logger("t").info("huge", pad="x" * 5000)
+    assert reqlog.flush(timeout=5)
+    assert [e["event"] for e in read_events(path)] == ["huge"]
+
+
 # --- failing sinks --------------------------------------------------------------------------
 
 
@@ -363,7 +440,7 @@ def test_a_failing_sink_is_counted_reported_once_and_resumes(
     assert [orjson.loads(line)["event"] for line in sink.lines] == ["back", "logs_dropped", "again"]
     assert orjson.loads(sink.lines[1])["count"] == 3
     assert orjson.loads(sink.lines[1])["reason"] == "sink_error"
-    assert out.stats() == {"accepted": 6, "written": 3, "dropped": 3, "errors": 3}
+    assert out.stats() == {"accepted": 5, "written": 2, "dropped": 3, "errors": 3}
     err = capfd.readouterr().err
     assert err.count("reqlog: cannot write to flaky") == 1
     assert "No space left on device" in err
@@ -528,6 +605,8 @@ def test_rotation_is_refused_in_a_multiprocessing_worker(tmp_path: Path) -> None
     ("options", "message"),
     [
         ({"queue_size": 0}, "queue_size: expected a positive number of lines, got 0"),
+        ({"queue_bytes": 0}, "queue_bytes: expected a positive number of bytes, got 0"),
+        ({"queue_bytes": "lots"}, "queue_bytes: expected a positive number of bytes, got 'lots'"),
         ({"overflow": "sometimes"}, "overflow: expected 'drop' or 'block', got 'sometimes'"),
         ({"background": "maybe"}, "background: expected True, False or None"),
         ({"rotate_when": "weekly"}, "rotate_when: expected one of"),
@@ -585,6 +664,51 @@ def test_lifespan_shutdown_flushes() -> None:
     assert asyncio.run(lifespan()) == ["complete with 1 lines written"]
 
 
+def test_shutdown_gives_up_on_a_stalled_sink_at_its_deadline(
+    stalled: StalledPipe, capfd: pytest.CaptureFixture[str]
+) -> None:
+    reqlog.configure(output=stalled.stream, background=True, format="json")
+    log = reqlog.get_logger("t")
+    log.info("blocker")
+    wait_until_writer_blocked(current())
+    for i in range(10):
+        log.info("tick", i=i)
+
+    started = time.monotonic()
+    assert current().finish(timeout=0.5) is False
+    assert time.monotonic() - started < 5  # it came back at all: the pipe is still full
+    assert reqlog.output_stats() == {"accepted": 11, "written": 0, "dropped": 11, "errors": 0}
+    # From now on nothing waits: lines are dropped and counted at once, flushes return.
+    log.info("later")
+    assert current().finish(timeout=5) is False
+    assert reqlog.flush(timeout=5)
+    assert reqlog.output_stats() == {"accepted": 12, "written": 0, "dropped": 12, "errors": 0}
+    err = capfd.readouterr().err
+    assert err.count("reqlog: gave up on") == 1
+    assert "11 lines not written, counted as dropped (11 dropped since configure())" in err
+
+    # Should the write it gave up on end after all, the count follows.
+    stalled.drain()
+    deadline = time.monotonic() + 10
+    while reqlog.output_stats()["written"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert reqlog.output_stats() == {"accepted": 12, "written": 1, "dropped": 11, "errors": 0}
+
+
+def test_writing_through_waits_for_each_line_within_the_shutdown_deadline(
+    stalled: StalledPipe, capfd: pytest.CaptureFixture[str]
+) -> None:
+    stalled.drain()
+    reqlog.configure(output=stalled.stream, background=True, format="json")
+    log = reqlog.get_logger("t")
+    log.info("before")
+    current().write_through(timeout=0.5)
+    log.info("written_through")  # waited for: written before info() returned
+    assert reqlog.output_stats()["written"] == 2
+    assert capfd.readouterr().err == ""
+
+
 def test_exit_flushes_what_was_accepted(tmp_path: Path) -> None:
     path = tmp_path / "app.log"
     script = textwrap.dedent(
@@ -637,3 +761,126 @@ def test_a_forked_child_writes_its_own_lines(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     reqlog.flush(timeout=5)
     assert sorted(e["event"] for e in read_events(path)) == ["child", "parent"]
+
+
+# --- a disk that fills up, then has room again --------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: writes to it really fail with ENOSPC once it is full."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); the RLIMIT_FSIZE test runs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        reqlog.configure(output=io.BytesIO())  # let go of the file before unmounting
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(mount: Path, leave: int) -> Path:
+    """Fill the file system at ``mount`` but for about ``leave`` bytes."""
+    free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+    filler = mount / "filler"
+    filler.write_bytes(b"\0" * (free - leave))
+    return filler
+
+
+def check_missing_lines_are_counted(path: Path, sent: int) -> None:
+    """Every line of ``path`` is one whole event; the events missing are exactly those that
+    output_stats() and the logs_dropped notices count."""
+    events = read_events(path)  # a torn or glued line fails to parse here
+    ticks = [e["i"] for e in events if e["event"] == "tick"]
+    notices = [e for e in events if e["event"] == "logs_dropped"]
+    stats = reqlog.output_stats()
+    assert ticks == sorted(set(ticks))
+    missing = sent - len(ticks)
+    assert missing > 0
+    assert {n["reason"] for n in notices} == {"sink_error"}
+    assert sum(n["count"] for n in notices) == missing
+    assert stats["dropped"] == missing
+    assert stats["accepted"] == stats["written"] + stats["dropped"] == sent
+
+
+def test_disk_full_then_freed_loses_whole_lines_and_counts_them_exactly(
+    small_disk: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = small_disk / "app.log"
+    reqlog.configure(output=str(path), format="json")
+    filler = fill_disk(small_disk, leave=12_000)
+    log = reqlog.get_logger("t")
+    for i in range(200):
+        log.info("tick", i=i, pad="x" * 150)  # about 40 KB in all
+    assert reqlog.flush(timeout=10)
+    assert 0 < reqlog.output_stats()["dropped"] < 200
+
+    filler.unlink()  # room again
+    for i in range(200, 220):
+        log.info("tick", i=i)
+    assert reqlog.flush(timeout=10)
+
+    check_missing_lines_are_counted(path, 220)
+    assert [e["i"] for e in read_events(path) if e["event"] == "tick"][-20:] == list(
+        range(200, 220)
+    )
+    assert capfd.readouterr().err.count("No space left on device") == 1
+
+
+def test_disk_full_when_writing_synchronously_leaves_no_torn_line(small_disk: Path) -> None:
+    path = small_disk / "app.log"
+    reqlog.configure(output=str(path), format="json", background=False)
+    filler = fill_disk(small_disk, leave=12_000)
+    log = reqlog.get_logger("t")
+    for i in range(100):
+        log.info("tick", i=i, pad="x" * 300)
+    filler.unlink()
+    log.info("tick", i=100)
+
+    events = read_events(path)
+    ticks = [e["i"] for e in events if e["event"] == "tick"]
+    assert ticks[-1] == 100
+    assert reqlog.output_stats()["dropped"] == 101 - len(ticks) > 0
+
+
+def test_a_write_cut_short_by_the_file_size_limit_is_taken_back(tmp_path: Path) -> None:
+    """The same fault without root: past RLIMIT_FSIZE a write is cut short (EFBIG)."""
+    path = tmp_path / "app.log"
+    script = textwrap.dedent(
+        f"""
+        import json, resource, signal, reqlog
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, hard))
+        reqlog.configure(output={str(path)!r}, format="json")
+        log = reqlog.get_logger("t")
+        for i in range(200):
+            log.info("tick", i=i, pad="x" * 150)
+        assert reqlog.flush(timeout=10)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        for i in range(200, 220):
+            log.info("tick", i=i)
+        assert reqlog.flush(timeout=10)
+        print(json.dumps(reqlog.output_stats()))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    stats = orjson.loads(done.stdout)
+    events = read_events(path)
+    ticks = [e["i"] for e in events if e["event"] == "tick"]
+    notices = [e for e in events if e["event"] == "logs_dropped"]
+    assert ticks == sorted(set(ticks))
+    assert ticks[-20:] == list(range(200, 220))
+    assert stats["dropped"] == sum(n["count"] for n in notices) == 220 - len(ticks) > 0
+    assert stats["accepted"] == stats["written"] + stats["dropped"] == 220
+    assert b"File too large" in done.stderr

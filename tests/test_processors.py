@@ -155,7 +155,7 @@ def test_default_chain_order() -> None:
         "WhenPresent",
         "_capture",
         "_EscapeControls",
-        "_SafeRenderer",  # ConsoleRenderer, falling back to safe reprs
+        "_ConsoleLines",  # ConsoleRenderer: continuation lines indented, never failing
     ]
 
 
