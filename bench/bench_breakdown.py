@@ -246,7 +246,7 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
             "context",
             "enter and leave the context (`_enter`/`_leave`: RequestContext, structlog "
             "snapshot, reqlog's and asgi-correlation-id's context variables, Sentry hook)",
-            lambda: _leave(mw._enter(scope, request_id)),
+            lambda: _leave(mw._enter(scope, request_id, scope["client"][0])),
             lambda: _noop(_noop(scope, request_id)),
         ),
         _isolated(

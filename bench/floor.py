@@ -135,10 +135,12 @@ class FloorMiddleware:
                 inbound = value
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
+        rejected = False
         if inbound is not None and len(inbound) <= 36 and _VALID_ID.fullmatch(inbound):
             request_id = inbound.decode("latin-1")
         else:
             request_id = _new_id()
+            rejected = inbound is not None
         echo = (b"x-request-id", request_id.encode("latin-1"))
         status = 500
         sent = 0
@@ -164,7 +166,7 @@ class FloorMiddleware:
             event = "request_completed"
         finally:
             REQUEST_ID.reset(token)
-            self._write(scope, request_id, user_agent, status, sent, event, start)
+            self._write(scope, request_id, user_agent, status, sent, event, start, rejected)
 
     def _write(
         self,
@@ -175,6 +177,7 @@ class FloorMiddleware:
         sent: int,
         event: str,
         start: float,
+        rejected: bool = False,
     ) -> None:
         client = scope.get("client")
         fields: dict[str, Any] = {
@@ -189,12 +192,14 @@ class FloorMiddleware:
             "user_agent": user_agent,
             "http_version": scope.get("http_version"),
             "response_bytes": sent,
-            "event": event,
-            "logger": "reqlog.access",
-            "level": "info" if status < 400 else "warning" if status < 500 else "error",
-            "timestamp": _timestamp(),
-            "service": self.service,
         }
+        if rejected:  # as reqlog flags a request ID it did not take
+            fields["request_id_rejected"] = True
+        fields["event"] = event
+        fields["logger"] = "reqlog.access"
+        fields["level"] = "info" if status < 400 else "warning" if status < 500 else "error"
+        fields["timestamp"] = _timestamp()
+        fields["service"] = self.service
         try:  # noqa: SIM105 - contextlib.suppress costs a context manager per request
             os.write(self.fd, orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
         except Exception:  # noqa: BLE001 - logging never breaks the app

@@ -340,13 +340,15 @@ class ProtoMiddleware(RequestLoggingMiddleware):
         if self._no_id:
             request_id, user_agent = "0" * 32, "bench/1.0"
         else:
-            scope, request_id, user_agent = self._identify(scope)
+            scope, request_id, _rejected, user_agent = self._identify(scope)
         app_at_entry = scope.get("app")
         root_path_at_entry = scope.get("root_path", "")
         exchange = _Exchange(
             receive, send, self._header_key, request_id.encode("latin-1"), self._clock
         )
-        bound = None if self._no_context else self._enter(scope, request_id)
+        peer = scope.get("client")
+        client_ip = peer[0] if peer else None
+        bound = None if self._no_context else self._enter(scope, request_id, client_ip)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException:
@@ -374,11 +376,22 @@ class ProtoMiddleware(RequestLoggingMiddleware):
             if bound is not None:
                 _leave(bound)
 
-    def _completed(self, fields: dict[str, Any], event: str = "request_completed") -> None:
+    def _completed(
+        self,
+        fields: dict[str, Any],
+        event: str = "request_completed",
+        min_level: int = logging.NOTSET,
+    ) -> None:
         settings = _config._STATE.settings
         fused = self._fused
-        if settings is None or fused is None or settings.slow.enabled or event != fused.name:
-            super()._completed(fields, event)
+        if (
+            settings is None
+            or fused is None
+            or settings.slow.enabled
+            or event != fused.name
+            or min_level > logging.NOTSET
+        ):
+            super()._completed(fields, event, min_level)
             return
         level = settings.status_levels(fields["status_code"], False)
         fused.emit(level, fields, context._CURRENT.get())

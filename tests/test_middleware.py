@@ -6,13 +6,15 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from asgi_correlation_id import CorrelationIdFilter
 from asgi_correlation_id.context import correlation_id
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from freezegun import freeze_time
 from starlette.applications import Starlette
@@ -25,6 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 import reqlog
+from reqlog.cli import main as cli_main
 from tests.conftest import LogOutput
 
 RID = "0123456789abcdef0123456789abcdef"
@@ -565,7 +568,9 @@ async def test_client_disconnect_mid_stream(log_output: LogOutput) -> None:
     assert "exception" not in event
 
 
-async def test_cancellation_is_logged_once_and_propagates(log_output: LogOutput) -> None:
+async def test_cancellation_by_the_server_is_logged_once_and_propagates(
+    log_output: LogOutput,
+) -> None:
     log_output.configure()
     app = make_app()
     entered = asyncio.Event()
@@ -582,11 +587,13 @@ async def test_cancellation_is_logged_once_and_propagates(log_output: LogOutput)
     with pytest.raises(asyncio.CancelledError):
         await task
     [event] = log_output.access()
+    # No disconnect was seen: the server cut the request (and answers 500 when it still can).
     assert (event["outcome"], event["status_code"], event["level"]) == (
-        "client_disconnected",
-        499,
-        "warning",
+        "server_cancelled",
+        500,
+        "error",
     )
+    assert event["response_incomplete"] is True
     assert "exception" not in event
 
 
@@ -674,6 +681,492 @@ async def test_no_request_context_after_the_request(log_output: LogOutput) -> No
     log.info("after")
     assert reqlog.get_request_id() is None
     assert "request_id" not in log_output.events()[-1]
+
+
+# -- background tasks --------------------------------------------------------------------------
+
+
+def fail_job(order_id: int) -> None:
+    secret = "hunter2"  # a local variable that must not reach the log
+    raise RuntimeError(f"job {order_id} failed" + secret[:0])
+
+
+async def async_fail_job(order_id: int) -> None:
+    fail_job(order_id)
+
+
+async def test_access_event_is_written_at_the_last_byte(log_output: LogOutput) -> None:
+    log_output.configure()
+    clock = FakeClock()
+    app = make_app(clock=clock)
+    log = reqlog.get_logger("jobs")
+
+    async def slow_job() -> None:
+        clock.advance(2000)  # a 2 s background job
+        reqlog.bind(job="done")
+        log.info("job_finished")
+
+    @app.post("/orders")
+    async def create(tasks: BackgroundTasks) -> dict[str, str]:
+        clock.advance(15)
+        tasks.add_task(slow_job)
+        return {}
+
+    async with client_for(app) as client:
+        response = await client.post("/orders", headers={"X-Request-ID": RID})
+    assert response.status_code == 200
+    access, job = log_output.events()
+    assert (access["event"], access["duration_ms"], access["status_code"]) == (
+        "request_completed",
+        15.0,
+        200,
+    )
+    assert "job" not in access
+    assert (job["event"], job["request_id"], job["job"]) == ("job_finished", RID, "done")
+
+
+@pytest.mark.parametrize("job", [fail_job, async_fail_job])
+async def test_failing_background_task_has_its_own_event(
+    log_output: LogOutput, job: Callable[[int], Any]
+) -> None:
+    log_output.configure()
+    app = make_app()
+
+    @app.post("/orders")
+    async def create(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(job, 7)
+        return {"ok": "yes"}
+
+    async with client_for(app) as client:
+        # The exception still goes on to the server, as Starlette lets it.
+        with pytest.raises(RuntimeError, match="job 7 failed"):
+            await client.post("/orders", headers={"X-Request-ID": RID})
+    access, failed = log_output.events()
+    assert {k: access[k] for k in ("event", "level", "status_code", "request_id")} == {
+        "event": "request_completed",
+        "level": "info",
+        "status_code": 200,
+        "request_id": RID,
+    }
+    assert "error_type" not in access
+    exception = failed.pop("exception")
+    failed.pop("timestamp")
+    assert failed == {
+        "event": "background_task_failed",
+        "level": "error",
+        "logger": "reqlog",
+        "request_id": RID,
+        "client_ip": "10.0.0.1",
+        "method": "POST",
+        "path": "/orders",
+        "route": "/orders",
+        "task": job.__qualname__,
+        "error_type": "RuntimeError",
+        "error_message": "job 7 failed",
+    }
+    assert exception[0]["frames"][-1]["name"] == "fail_job"
+    assert all("locals" not in frame for frame in exception[0]["frames"])
+    assert "hunter2" not in str(exception)
+
+
+async def test_server_report_of_a_failed_task_is_dropped(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+
+    @app.get("/")
+    async def root(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(fail_job, 1)
+        return {}
+
+    try:
+        await call_asgi(app)
+    except RuntimeError as exc:
+        logging.getLogger("uvicorn.error").error("Exception in ASGI application\n", exc_info=exc)
+    assert [e["event"] for e in log_output.events()] == [
+        "request_completed",
+        "background_task_failed",
+    ]
+
+
+async def test_trace_shows_background_events_after_the_access_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What ``reqlog trace`` must keep: events written after the access event (background
+    tasks) are found, in the order they happened, with offsets past the response's end."""
+    log_file = tmp_path / "app.log"
+    reqlog.configure(format="json", output=str(log_file))
+    app = make_app()
+    log = reqlog.get_logger("shop")
+
+    def send_receipt() -> None:
+        log.info("receipt_sent")
+
+    @app.post("/checkout")
+    async def checkout(tasks: BackgroundTasks) -> dict[str, str]:
+        log.info("cart_loaded")
+        tasks.add_task(send_receipt)
+        tasks.add_task(fail_job, 3)
+        return {}
+
+    async with client_for(app, raise_app_exceptions=False) as client:
+        await client.post("/checkout", headers={"X-Request-ID": RID})
+    reqlog.flush()
+    capsys.readouterr()
+
+    assert cli_main(["trace", RID[:8], str(log_file), "--json"]) == 0
+    traced = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in traced] == [
+        "cart_loaded",
+        "request_completed",
+        "receipt_sent",
+        "background_task_failed",
+    ]
+    offsets = [e["offset_ms"] for e in traced]
+    assert offsets == sorted(offsets)
+    assert offsets[0] >= 0
+    assert offsets[1] == pytest.approx(traced[1]["duration_ms"], abs=0.01)
+
+
+# -- disconnects the app never reads -----------------------------------------------------------
+
+
+class FakeServer:
+    """``receive``/``send`` as a server gives them, with the client's leaving in the test's hand.
+
+    The request body comes in ``chunks``; after it, ``receive()`` waits for the client to go
+    (``leave()``), or answers ``http.disconnect`` once the response is complete, as uvicorn does.
+    """
+
+    def __init__(self, chunks: tuple[bytes, ...] = (b"",)) -> None:
+        self.chunks = list(chunks)
+        self.calls = 0
+        self.waiting = asyncio.Event()  # a receive() is waiting past the body
+        self.gone = asyncio.Event()
+        self.complete = asyncio.Event()
+        self.disconnect_taken = asyncio.Event()
+        self.sent: list[Message] = []
+
+    def leave(self) -> None:
+        self.gone.set()
+
+    async def receive(self) -> Message:
+        self.calls += 1
+        if self.chunks:
+            chunk = self.chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
+        self.waiting.set()
+        gone = asyncio.ensure_future(self.gone.wait())
+        complete = asyncio.ensure_future(self.complete.wait())
+        try:
+            await asyncio.wait((gone, complete), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            complete.cancel()
+        if self.gone.is_set():
+            self.disconnect_taken.set()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self.complete.set()
+
+
+async def serve(app: Any, server: FakeServer, method: str = "GET", path: str = "/") -> None:
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "client": ("10.0.0.1", 123),
+        "server": ("testserver", 80),
+    }
+    await app(scope, server.receive, server.send)
+
+
+@pytest.fixture
+def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watch starts after one to two ticks; short ticks keep these tests short.
+    monkeypatch.setattr(reqlog.middleware, "WATCH_INTERVAL_S", 0.01)
+
+
+@pytest.mark.usefixtures("fast_watch")
+async def test_disconnect_is_seen_when_the_app_never_reads(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+    release = asyncio.Event()
+
+    @app.get("/")
+    async def slow() -> dict[str, str]:
+        await release.wait()  # never reads the request
+        return {"done": "yes"}
+
+    server = FakeServer()
+    request = asyncio.create_task(serve(app, server))
+    # Only reqlog's read-ahead can be past the body: the app never calls receive().
+    await asyncio.wait_for(server.waiting.wait(), 10)
+    server.leave()
+    await asyncio.wait_for(server.disconnect_taken.wait(), 10)
+    release.set()
+    await asyncio.wait_for(request, 10)
+    [event] = log_output.access()
+    assert (event["status_code"], event["outcome"], event["response_incomplete"]) == (
+        499,
+        "client_disconnected",
+        True,
+    )
+
+
+@pytest.mark.usefixtures("fast_watch")
+async def test_read_ahead_hands_every_message_back_in_order(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+    release = asyncio.Event()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse(await request.body())
+
+    server = FakeServer((b"first ", b"second ", b"third"))
+    request = asyncio.create_task(serve(app, server, "POST", "/echo"))
+    await asyncio.wait_for(server.waiting.wait(), 10)  # the whole body was read ahead
+    release.set()
+    await asyncio.wait_for(request, 10)
+    body = b"".join(m.get("body", b"") for m in server.sent if m["type"] == "http.response.body")
+    assert body == b"first second third"
+    [event] = log_output.access()
+    assert (event["status_code"], "outcome" in event) == (200, False)
+
+
+@pytest.mark.usefixtures("fast_watch")
+async def test_read_ahead_holds_a_bounded_part_of_the_body(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+    release = asyncio.Event()
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        await release.wait()
+        return {"size": len(await request.body())}
+
+    chunk = b"x" * 16384
+    server = FakeServer((chunk,) * 64)  # 1 MiB the app has not read yet
+    request = asyncio.create_task(serve(app, server, "POST", "/upload"))
+    while server.calls < 3:
+        await asyncio.sleep(0.01)
+    for _ in range(20):  # the read-ahead stops at its limit, however long it runs
+        await asyncio.sleep(0.01)
+    assert server.calls <= reqlog.middleware.READ_AHEAD_BYTES // len(chunk) + 2
+    release.set()
+    await asyncio.wait_for(request, 10)
+    assert orjson.loads(server.sent[1]["body"]) == {"size": 64 * len(chunk)}
+
+
+@pytest.mark.usefixtures("fast_watch")
+async def test_a_client_that_stays_is_not_taken_for_gone(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+    release = asyncio.Event()
+
+    @app.get("/")
+    async def slow() -> dict[str, str]:
+        await release.wait()
+        return {}
+
+    server = FakeServer()
+    request = asyncio.create_task(serve(app, server))
+    await asyncio.wait_for(server.waiting.wait(), 10)
+    release.set()  # the server answers "disconnect" once the response is complete
+    await asyncio.wait_for(request, 10)
+    [event] = log_output.access()
+    assert (event["status_code"], "outcome" in event) == (200, False)
+
+
+@pytest.mark.usefixtures("fast_watch")
+async def test_no_read_ahead_for_expect_100_continue(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+    release = asyncio.Event()
+
+    @app.get("/")
+    async def slow() -> dict[str, str]:
+        await release.wait()
+        return {}
+
+    server = FakeServer((b"body",))
+
+    async def receive() -> Message:
+        pytest.fail("receive() called: the server would have sent 100 Continue")
+
+    scope_headers = [(b"host", b"testserver"), (b"expect", b"100-continue")]
+    task = asyncio.create_task(
+        call_asgi(app, headers=scope_headers, receive=receive, sink=server.sent)
+    )
+    for _ in range(10):  # several watch ticks
+        await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.wait_for(task, 10)
+    assert log_output.access()[0]["status_code"] == 200
+
+
+async def test_cancelled_after_the_client_left_is_a_disconnect(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+
+    @app.post("/")
+    async def read_then_wait(request: Request) -> dict[str, str]:
+        async for _ in request.stream():
+            pass
+        await request.is_disconnected()
+        await asyncio.sleep(3600)
+        return {}
+
+    server = FakeServer((b"x",))
+    server.leave()
+    task = asyncio.create_task(serve(app, server, "POST"))
+    await asyncio.wait_for(server.disconnect_taken.wait(), 10)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [event] = log_output.access()
+    assert (event["outcome"], event["status_code"]) == ("client_disconnected", 499)
+
+
+# -- guard rails -------------------------------------------------------------------------------
+
+
+async def test_middleware_added_twice_logs_once_and_warns_once(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app()
+    app.add_middleware(reqlog.RequestLoggingMiddleware)
+    sub = make_app(exclude_paths=["/nothing"])
+    app.mount("/sub", sub)
+
+    @app.get("/")
+    async def root() -> dict[str, str]:
+        return {}
+
+    @sub.get("/x")
+    async def sub_x() -> dict[str, str]:
+        return {}
+
+    async with client_for(app) as client:
+        for path in ("/", "/", "/sub/x"):
+            response = await client.get(path)
+            assert list(response.headers.keys()).count("x-request-id") == 1
+    events = log_output.events()
+    assert [e["path"] for e in events if e["event"] == "request_completed"] == ["/", "/", "/sub/x"]
+    warnings = [e for e in events if e["event"] == "middleware_added_twice"]
+    # Once per inner copy: the one added twice, and the mounted app's.
+    assert [(w["level"], w["logger"]) for w in warnings] == [("warning", "reqlog")] * 2
+
+
+@pytest.mark.parametrize(
+    ("sent", "rejected"),
+    [([], False), ([RID], False), (["not-an-id"], True), (["x" * 500], True)],
+)
+async def test_a_rejected_id_is_flagged_never_logged(
+    log_output: LogOutput, sent: list[str], rejected: bool
+) -> None:
+    log_output.configure()
+    headers = [(b"x-request-id", value.encode()) for value in sent]
+    await call_asgi(make_app(), headers=headers)
+    [event] = log_output.access()
+    assert event.get("request_id_rejected", False) is rejected
+    if rejected:
+        assert sent[0].encode() not in b"".join(log_output.lines())
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        # The last field counts; the app, the log and the echo agree; others never reach the app.
+        (["\x1b[31mevil", RID], RID),
+        (["0" * 32, RID], RID),
+        ([RID, "\x1b[31mevil"], None),
+    ],
+)
+async def test_duplicate_request_ids_follow_one_rule(
+    log_output: LogOutput, sent: list[str], expected: str | None
+) -> None:
+    log_output.configure()
+    app = make_app(log_headers=True)
+    seen: dict[str, Any] = {}
+
+    @app.get("/")
+    async def root(request: Request) -> dict[str, str]:
+        seen["headers"] = request.headers.getlist("x-request-id")
+        seen["id"] = reqlog.get_request_id()
+        return {}
+
+    headers = [(b"x-request-id", value.encode("latin-1")) for value in sent]
+    messages = await call_asgi(app, headers=headers)
+    echoed = dict(messages[0]["headers"])[b"x-request-id"].decode()
+    [event] = log_output.access()
+    if expected is None:
+        assert event["request_id_rejected"] is True
+        assert reqlog.middleware.is_valid_request_id(echoed)
+    else:
+        assert echoed == expected
+        assert "request_id_rejected" not in event
+    assert seen == {"headers": [echoed], "id": echoed}
+    assert event["request_id"] == echoed
+    # log_headers shows what the client sent: the value used, others as [REJECTED].
+    logged = event["request_headers"]["x-request-id"]
+    assert logged == [value if value == echoed else "[REJECTED]" for value in sent]
+    assert b"\x1b" not in b"".join(log_output.lines())
+
+
+@pytest.mark.parametrize(("sent", "logged"), [(None, None), ("bad id", "[REJECTED]"), (RID, RID)])
+async def test_logged_request_id_header_is_what_the_client_sent(
+    log_output: LogOutput, sent: str | None, logged: str | None
+) -> None:
+    log_output.configure()
+    headers = [] if sent is None else [(b"x-request-id", sent.encode())]
+    await call_asgi(make_app(log_headers=True), headers=headers)
+    [event] = log_output.access()
+    assert event["request_headers"].get("x-request-id") == logged
+
+
+def test_invalid_options_raise_when_created_or_built_by_hand() -> None:
+    with pytest.raises(ValueError, match="body_max_bytes"):
+        reqlog.RequestLoggingMiddleware(FastAPI(), body_max_bytes=0)
+    app = make_app(body_max_bytes=0)
+    with pytest.raises(ValueError, match="body_max_bytes"):
+        app.build_middleware_stack()
+
+
+async def test_invalid_options_fail_the_lifespan_startup(log_output: LogOutput) -> None:
+    log_output.configure()
+    app = make_app(body_max_bytes=0)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert sent == [
+        {
+            "type": "lifespan.startup.failed",
+            "message": "reqlog.RequestLoggingMiddleware: body_max_bytes: expected a positive "
+            "number of bytes, got 0",
+        }
+    ]
+    # Without a lifespan, each request raises it.
+    with pytest.raises(ValueError, match="body_max_bytes"):
+        await call_asgi(app)
 
 
 # -- helpers -----------------------------------------------------------------------------------
