@@ -202,3 +202,15 @@ def _run(command: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
     )
     assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+def test_the_install_sections_name_every_dependency() -> None:
+    quickstart = (ROOT / "docs" / "quickstart.md").read_text(encoding="utf-8")
+    install = quickstart.split("## Install", 1)[1].split("### Extras", 1)[0].lower()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme_install = readme.split("## Install", 1)[1].split("\n## ", 1)[0].lower()
+    names = [_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]]
+    assert [n for n in names if n not in install] == []
+    assert [n for n in names if n not in readme_install] == []
+    words = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight"]
+    assert f"its {words[len(names)]} dependencies" in install
