@@ -12,10 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-
-import httpx
 
 from reqlog import cli
 
@@ -35,52 +34,55 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def listening_socket() -> socket.socket:
+    """A loopback socket on a free port, already listening: uvicorn serves it (``--fd``).
+
+    Requests sent before uvicorn is ready wait in the backlog, so there is nothing to poll,
+    and no other process can take the port meanwhile.
+    """
+    sock = socket.socket()
+    # uvicorn wraps an inherited descriptor as AF_UNIX and so never sets TCP_NODELAY on the
+    # connections; Linux copies it from the listening socket.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
-def wait_until_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"uvicorn exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("uvicorn did not start listening in time")
-
-
-def uvicorn_command(port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "examples.app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+def get(url: str, headers: dict[str, str]) -> tuple[int, str | None]:
+    """GET with the standard library (the demo needs nothing but reqlog, FastAPI and uvicorn)."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("x-request-id")
+    except urllib.error.HTTPError as error:  # 4xx and 5xx: still a response
+        with error:
+            return error.code, error.headers.get("x-request-id")
 
 
 def demo() -> int:
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        uvicorn_command(port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "uvicorn", "examples.app:app", "--fd", str(sock.fileno())],
+        pass_fds=[sock.fileno()],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    wait_until_listening(port, proc)
+    sock.close()  # uvicorn holds it now: if it dies, requests fail instead of waiting
     print(f"uvicorn is serving examples/app.py on 127.0.0.1:{port}; sending requests:\n")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        for label, path, headers in REQUESTS:
-            response = client.get(path, headers=headers)
-            rid = response.headers.get("x-request-id")
-            print(f"  {label:34} GET {path:45} -> {response.status_code}  request_id={rid}")
+    for label, path, headers in REQUESTS:
+        try:
+            status, rid = get(f"http://127.0.0.1:{port}{path}", headers)
+        except OSError as exc:  # uvicorn died (its socket closed) or hung
+            proc.kill()
+            _, stderr = proc.communicate()
+            sys.stderr.write(stderr.decode("utf-8", "replace"))
+            sys.exit(f"the demo app did not answer {path} ({exc}); uvicorn's stderr is above")
+        print(f"  {label:34} GET {path:45} -> {status}  request_id={rid}")
     proc.send_signal(signal.SIGTERM)
     try:
         stdout, stderr = proc.communicate(timeout=20)
@@ -109,7 +111,9 @@ def demo() -> int:
 
 def serve() -> int:
     os.chdir(ROOT)
-    os.execv(sys.executable, [*uvicorn_command(8000)])
+    os.execv(
+        sys.executable, [sys.executable, "-m", "uvicorn", "examples.app:app", "--port", "8000"]
+    )
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            value = version("reqlog")
+            value = version("reqlog-asgi")  # the distribution; the import name is reqlog
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
             value = "0.0.0"
     else:

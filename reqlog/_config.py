@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -79,6 +80,9 @@ class _State:
         self.lock = threading.RLock()
         # The second output for slow requests (configure(slow_output=...)), if any.
         self.slow_output: Output | None = None
+        # configure(otlp=...): reqlog.integrations.otel.OTLPEmitter, flushed and counted
+        # beside the outputs by reqlog.flush() and reqlog.output_stats().
+        self.otlp: Any = None
 
 
 _STATE = _State()
@@ -783,6 +787,7 @@ def configure(
     slow_routes: Mapping[str, float] | None = None,
     trace_context: bool | None = None,
     otlp: Any = _UNSET,
+    otlp_timeout: float = _UNSET,
     schema: str = _UNSET,
     redact: Redactor | bool = True,
     sample_rate: float = _UNSET,
@@ -804,7 +809,8 @@ def configure(
     ``trace_context`` puts the current OpenTelemetry span's ``trace_id``/``span_id`` on every
     event (default: whenever opentelemetry-api is installed). ``otlp`` (``True``, a collector
     URL, or a ``LoggerProvider``; ``REQLOG_OTLP``) also hands every event to OpenTelemetry's
-    log pipeline; see ``reqlog.integrations.otel``.
+    log pipeline; see ``reqlog.integrations.otel``. ``otlp_timeout`` (seconds, default 2;
+    ``REQLOG_OTLP_TIMEOUT``) is the longest any flush, the one at exit included, waits for it.
 
     >>> configure(service="orders", level="DEBUG", format="json")
     """
@@ -895,7 +901,9 @@ def configure(
         }
         chain = _build_chain(as_text=False, **chain_options)
         text_chain = _build_chain(as_text=True, **chain_options)
-        _add_otel(chain, text_chain, sinks, trace_context, otlp, service_value)
+        otlp_emitter = _add_otel(
+            chain, text_chain, trace_context, otlp, otlp_timeout, service_value
+        )
     except Exception:
         for sink in [*sinks, *slow_sinks]:
             sink.close()
@@ -950,6 +958,9 @@ def configure(
         _route_stdlib(handler, min_level)
         _STATE.settings = new_settings
         old_slow_output, _STATE.slow_output = _STATE.slow_output, slow_out
+        old_otlp, _STATE.otlp = _STATE.otlp, otlp_emitter
+    if old_otlp is not None:
+        old_otlp.close()  # bounded by its otlp_timeout; before the old output closes
     if old_output is not _STATE.output:
         old_output.close()
     if old_slow_output is not None:
@@ -973,12 +984,16 @@ def _otel_installed() -> bool:
 def _add_otel(
     chain: _Chain,
     text_chain: _Chain,
-    sinks: list[Sink],
     trace_context: bool | None,
     otlp: Any,
+    otlp_timeout: Any,
     service: str | None,
-) -> None:
-    """Put trace context on every event, and hand events to OpenTelemetry's log pipeline."""
+) -> Any:
+    """Put trace context on every event, and hand events to OpenTelemetry's log pipeline.
+
+    Returns the OTLP emitter (``None`` without ``otlp``): it is not one of the output's sinks,
+    so that a collector that is down never holds up the lines written there.
+    """
     if trace_context not in (None, True, False):
         msg = f"trace_context: expected True, False or None, got {trace_context!r}"
         raise ValueError(msg)
@@ -991,14 +1006,16 @@ def _add_otel(
             otlp_value = None
     if otlp_value is False:
         otlp_value = None
+    timeout_value, timeout_name = _pick("otlp_timeout", otlp_timeout, None)
+    timeout = _otlp_timeout(timeout_value, timeout_name)
     want_trace = trace_context if trace_context is not None else _otel_installed()
     if not want_trace and otlp_value is None:
-        return
+        return None
     if trace_context and not _otel_installed():
-        msg = "trace_context: needs opentelemetry-api: pip install 'reqlog[otel]'"
+        msg = "trace_context: needs opentelemetry-api: pip install 'reqlog-asgi[otel]'"
         raise ValueError(msg)
     if otlp_value is not None and not _otel_installed():
-        msg = f"{otlp_name}: needs the OpenTelemetry SDK: pip install 'reqlog[otel]'"
+        msg = f"{otlp_name}: needs the OpenTelemetry SDK: pip install 'reqlog-asgi[otel]'"
         raise ValueError(msg)
     from reqlog.integrations import otel
 
@@ -1006,12 +1023,43 @@ def _add_otel(
         # In the head: user processors see the IDs, and standard-library records get them too.
         chain.head.append(otel.add_trace_context)
         text_chain.head.append(otel.add_trace_context)
-    if otlp_value is not None:
-        emitter = otel.build_emitter(otlp_value, service=service, option=otlp_name)
-        # After redaction, before rendering: the collector gets what the lines show.
-        for tail in (chain.tail, text_chain.tail):
-            tail.insert(_rendering_start(tail), emitter)
-        sinks.append(otel.OTLPFlushSink(emitter))
+    if otlp_value is None:
+        return None
+    emitter = otel.build_emitter(
+        otlp_value,
+        service=service,
+        option=otlp_name,
+        timeout=otel.DEFAULT_OTLP_TIMEOUT_S if timeout is None else timeout,
+        on_lost=lambda count: _otlp_lost(emitter, count),
+    )
+    # After redaction, before rendering: the collector gets what the lines show.
+    for tail in (chain.tail, text_chain.tail):
+        tail.insert(_rendering_start(tail), emitter)
+    return emitter
+
+
+def _otlp_timeout(value: Any, option: str) -> float | None:
+    if value is None:
+        return None
+    number = value
+    if isinstance(number, str):
+        with contextlib.suppress(ValueError):
+            number = float(number)
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not 0 < number < float("inf")  # also rejects NaN
+    ):
+        msg = f"{option}: expected a number of seconds greater than 0, got {value!r}"
+        raise ValueError(msg)
+    return float(number)
+
+
+def _otlp_lost(emitter: Any, count: int) -> None:
+    """One ``logs_dropped`` event for records the collector did not get, in the output only."""
+    with emitter.quiet():
+        line = _render_own_event("logs_dropped", "warning", {"count": count, "reason": "otlp"})
+    _STATE.output.write(line, logging.WARNING)
 
 
 def _rendering_start(tail: list[Processor]) -> int:
@@ -1164,6 +1212,9 @@ def reset() -> None:
         if _STATE.slow_output is not None:
             _STATE.slow_output.close()
             _STATE.slow_output = None
+        if _STATE.otlp is not None:
+            _STATE.otlp.close()
+            _STATE.otlp = None
         _STATE.settings = None
         _PROCESSORS[:] = []
         _apply_level(logging.INFO)
@@ -1172,7 +1223,8 @@ def reset() -> None:
 
 
 def _flush_at_exit() -> None:
-    # finish(), not flush(): bounded by the shutdown's deadline, whatever the sinks do.
+    # finish(), not flush(): bounded by the shutdown's deadline, whatever the sinks do; OTLP
+    # first, within otlp_timeout (finish_all closes it).
     _output.finish_all(timeout=_output.EXIT_FLUSH_TIMEOUT_S)
 
 

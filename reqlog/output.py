@@ -20,7 +20,7 @@ import weakref
 from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Final, Literal, TypedDict
+from typing import IO, Any, Final, Literal, NotRequired, TypedDict
 
 __all__ = [
     "FileSink",
@@ -74,6 +74,8 @@ class OutputStats(TypedDict):
     written: int
     dropped: int
     errors: int
+    #: With ``configure(otlp=...)``: the OpenTelemetry records' own counts (included above).
+    otlp: NotRequired[OutputStats]
 
 
 # --- sinks ------------------------------------------------------------------------------------
@@ -1034,7 +1036,10 @@ def install_sigterm_flush() -> None:
 def flush(timeout: float | None = None) -> bool:
     """Block until every event accepted so far is written; ``False`` if ``timeout`` ran out.
 
-    The ``slow_output`` too, when there is one, within the same ``timeout``.
+    The ``slow_output`` too, when there is one, within the same ``timeout``. With
+    ``configure(otlp=...)``, OpenTelemetry's records too, for at most ``otlp_timeout``
+    seconds: ``False`` also when one of them is still on its way or was lost since the
+    previous flush (a collector that is down).
 
     >>> reqlog.flush(timeout=2.0)
     True
@@ -1042,7 +1047,12 @@ def flush(timeout: float | None = None) -> bool:
     from reqlog import _config
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    done = _config.current_output().flush(timeout)
+    # OTLP first, never longer than configure(otlp_timeout=...): what it lost is written to
+    # the output as a logs_dropped event, which the output's flush then covers.
+    otlp = _config._STATE.otlp
+    done = otlp.flush(timeout) if otlp is not None else True
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    done = _config.current_output().flush(left) and done
     slow = _config._STATE.slow_output
     if slow is not None:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -1055,6 +1065,11 @@ def finish_all(timeout: float) -> None:
     SIGTERM. Bounded by the shutdown's deadline whatever the sinks do."""
     from reqlog import _config
 
+    otlp = _config._STATE.otlp
+    if otlp is not None:
+        # First, within otlp_timeout: then the exporter stops, even in the middle of its
+        # retries, and the logs_dropped event for what it lost still reaches the output.
+        otlp.close(timeout)
     _config.current_output().finish(timeout)
     slow = _config._STATE.slow_output
     if slow is not None:
@@ -1065,8 +1080,17 @@ def output_stats() -> OutputStats:
     """Accepted, written, dropped and error counts of the current output.
 
     ``accepted == written + dropped`` whenever nothing is waiting in the queue, so right
-    after ``flush()`` returned ``True``.
+    after ``flush()`` returned ``True``. With ``configure(otlp=...)`` the records handed to
+    OpenTelemetry count too (exported as ``written``, lost as ``dropped``), and ``otlp`` has
+    their counts alone.
     """
     from reqlog import _config
 
-    return _config.current_output().stats()
+    stats = _config.current_output().stats()
+    otlp = _config._STATE.otlp
+    otlp_stats = otlp.stats() if otlp is not None else None
+    if otlp_stats is not None:
+        for key in ("accepted", "written", "dropped", "errors"):
+            stats[key] += otlp_stats[key]
+        stats["otlp"] = otlp_stats
+    return stats

@@ -1345,6 +1345,8 @@ class Sampler:
     request ID. The decision is :func:`sample_score` of the request ID, so replicas and reruns
     agree, and a request's other events can be kept or dropped with it. A kept sampled event
     carries ``sample_rate``: count it ``1 / sample_rate`` times to estimate the real traffic.
+    ``rate=0`` keeps none of them: only the errors, the slow and the incomplete requests (and
+    every other event) are written, which is what a busy service often wants.
     """
 
     def __init__(self, rate: float) -> None:
@@ -1372,16 +1374,20 @@ class Sampler:
 
 
 def sample_rate_value(value: Any, option: str = "sample_rate") -> float:
-    """A sample rate in ``(0, 1]`` from a number or a string; ``ValueError`` names the option."""
+    """A sample rate in ``[0, 1]`` from a number or a string; ``ValueError`` names the option.
+
+    0 keeps no successful, fast request (errors, slow and incomplete ones are always kept);
+    1 keeps all of them.
+    """
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = float(value)
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not 0.0 < value <= 1.0  # also rejects NaN
+        or not 0.0 <= value <= 1.0  # also rejects NaN
     ):
-        msg = f"{option}: expected a number greater than 0 and at most 1, got {value!r}"
+        msg = f"{option}: expected a number from 0 to 1, got {value!r}"
         raise ValueError(msg)
     return float(value)
 

@@ -310,7 +310,7 @@ def _line_queue(proc: subprocess.Popen[bytes]) -> queue.Queue[bytes]:
     return lines
 
 
-def _next_line_with(lines: queue.Queue[bytes], needle: bytes, timeout: float = 10) -> bytes:
+def _next_line_with(lines: queue.Queue[bytes], needle: bytes, timeout: float = 60) -> bytes:
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         try:
@@ -491,6 +491,7 @@ def test_report_is_self_contained_and_escaped(
     assert RID_B in page
 
 
+@pytest.mark.slow
 def test_report_charts_draw_in_headless_chromium(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 import reqlog
@@ -141,6 +143,7 @@ def test_testing_page_fixture_example_passes(pytester: pytest.Pytester) -> None:
 @pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (docs extra)"
 )
+@pytest.mark.slow
 def test_site_builds(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
@@ -153,3 +156,122 @@ def test_site_builds(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "api" / "index.html").exists()
+
+
+# -- the examples print what the pages say they print -------------------------------------------
+
+_VOLATILE = {"request_id", "timestamp", "duration_ms"}
+
+
+def json_blocks(path: Path) -> list[list[dict[str, object]]]:
+    """The ```json blocks of a page, each as its list of events (one object per line)."""
+    text = path.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```json\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return [[json.loads(line) for line in block.splitlines() if line.strip()] for block in blocks]
+
+
+def _run_example(tmp_path: Path, code: str, module: str, driver: str) -> list[dict[str, object]]:
+    """Run a page's example as the module ``module``, then ``driver``; the JSON lines it wrote."""
+    (tmp_path / f"{module}.py").write_text(code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REQLOG_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    result = subprocess.run(
+        [sys.executable, "-c", driver],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _same_shape(shown: list[dict[str, object]], printed: list[dict[str, object]]) -> None:
+    """The same events, fields in the same order, equal but for IDs, times and durations."""
+    assert [list(e) for e in printed] == [list(e) for e in shown]
+    for seen, expected in zip(printed, shown, strict=True):
+        assert {k: v for k, v in seen.items() if k not in _VOLATILE} == {
+            k: v for k, v in expected.items() if k not in _VOLATILE
+        }
+
+
+_CURL = """
+import asyncio, httpx
+import {module} as example
+
+async def drive() -> None:
+    transport = httpx.ASGITransport(app=example.app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        await client.get({path!r}, headers={{"user-agent": "curl/8.5.0"}})
+
+asyncio.run(drive())
+"""
+
+
+def _setup_block(path: Path) -> str:
+    blocks = [b for b in python_blocks(path) if "add_middleware" in b.code and "@app.get" in b.code]
+    return blocks[0].code
+
+
+@pytest.mark.parametrize(
+    ("page", "module", "path"),
+    [(README, "app", "/items/42?token=abc"), (DOCS / "quickstart.md", "main", "/items/3")],
+    ids=["README", "quickstart"],
+)
+def test_the_first_example_prints_the_lines_shown(
+    tmp_path: Path, page: Path, module: str, path: str
+) -> None:
+    printed = _run_example(
+        tmp_path, _setup_block(page), module, _CURL.format(module=module, path=path)
+    )
+    printed = [e for e in printed if e["logger"] != "httpx"]  # the driver's own client
+    shown = json_blocks(page)[0]
+    _same_shape(shown, printed)
+    assert printed[0]["request_id"] == printed[1]["request_id"]
+
+
+def test_quickstart_script_without_a_server_prints_three_lines(tmp_path: Path) -> None:
+    page = DOCS / "quickstart.md"
+    [script] = [b for b in python_blocks(page) if "asyncio.run(main())" in b.code]
+    printed = _run_example(tmp_path, script.code, "script", "import script")
+    first_two, httpx_line = json_blocks(page)[:2]
+    # The page's first two lines came from curl; this script's client is httpx.
+    assert printed[1].pop("user_agent") == f"python-httpx/{httpx.__version__}"
+    first_two = [dict(first_two[0]), {k: v for k, v in first_two[1].items() if k != "user_agent"}]
+    _same_shape([*first_two, *httpx_line], printed)
+
+
+_LOOKS_LIKE_PYTHON = re.compile(
+    r"^\s*(?:import \w|from [\w.]+ import )|\b(?:reqlog|uvicorn|logging)\.\w+\(", re.MULTILINE
+)
+
+
+def test_python_in_the_docs_is_labelled_python() -> None:
+    """A Python example fenced as text would escape test_code_block_runs: none may."""
+    fence = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+    hidden = []
+    for page in [*PAGES, README]:
+        for language, code in fence.findall(page.read_text(encoding="utf-8")):
+            if language in ("python", "py") or not _LOOKS_LIKE_PYTHON.search(code):
+                continue
+            try:
+                compile(code, page.name, "exec")
+            except SyntaxError:
+                continue  # shell commands, configuration files
+            hidden.append(f"{page.name}: {code.splitlines()[0]}")
+    assert hidden == []
+
+
+def test_make_targets_in_the_docs_exist() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.MULTILINE))
+    named = {
+        target
+        for page in [*PAGES, README]
+        for target in re.findall(r"\bmake ([a-z][\w-]*)", page.read_text(encoding="utf-8"))
+    }
+    assert named
+    assert named <= targets

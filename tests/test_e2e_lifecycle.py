@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.test_e2e_uvicorn import free_port
+from tests.conftest import listening_socket
 
 APP = textwrap.dedent(
     """
@@ -73,9 +73,13 @@ APP = textwrap.dedent(
 
 
 class Server:
-    """A server subprocess whose stdout lines are read as they come."""
+    """A server subprocess whose stdout lines are read as they come.
 
-    def __init__(self, args: list[str], tmp_path: Path, options: str, port: int) -> None:
+    It serves a socket bound and listening before it starts (``listening_socket``): a client
+    may connect at once, its connection waits in the backlog until the server is up.
+    """
+
+    def __init__(self, args: list[str], tmp_path: Path, options: str, sock: socket.socket) -> None:
         (tmp_path / "app.py").write_text(APP.replace("**OPTIONS", options))
         self.flag = tmp_path / "flag"
         env = {
@@ -84,14 +88,16 @@ class Server:
             "E2E_FLAG": str(self.flag),
         }
         env.pop("REQLOG_FORMAT", None)
-        self.port = port
+        self.port = sock.getsockname()[1]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            pass_fds=[sock.fileno()],
         )
+        sock.close()  # the server's now: if it dies, connections fail instead of waiting
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.events: list[dict[str, Any]] = []
         self.stderr = b""
@@ -102,17 +108,6 @@ class Server:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.put(line)
-
-    def wait_until_listening(self) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server did not start: {self.finish()}")
-                time.sleep(0.05)
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The first event (seen or to come) for which ``predicate`` holds; 30 s at most."""
@@ -152,12 +147,12 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def start(kind: str = "h11", options: str = "", *extra: str) -> Server:
-        port = free_port()
+        sock = listening_socket()
         if kind == "hypercorn":
-            args = ["hypercorn", "app:app", "--bind", f"127.0.0.1:{port}", *extra]
+            args = ["hypercorn", "app:app", "--bind", f"fd://{sock.fileno()}", *extra]
         else:
-            args = ["uvicorn", "app:app", "--port", str(port), "--http", kind, *extra]
-        server = Server(args, tmp_path, options, port)
+            args = ["uvicorn", "app:app", "--fd", str(sock.fileno()), "--http", kind, *extra]
+        server = Server(args, tmp_path, options, sock)
         servers.append(server)
         return server
 
@@ -173,7 +168,6 @@ def test_client_that_leaves_an_app_that_never_reads(
     start: Callable[..., Server], kind: str
 ) -> None:
     server = start(kind)
-    server.wait_until_listening()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: shop.example\r\n\r\n")
         started = server.wait_for(lambda e: e["event"] == "slow_started")
@@ -192,7 +186,6 @@ def test_client_that_leaves_an_app_that_never_reads(
 
 def test_graceful_shutdown_cut_is_logged(start: Callable[..., Server]) -> None:
     server = start("h11", "", "--timeout-graceful-shutdown", "2")
-    server.wait_until_listening()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
         received = b""
@@ -238,8 +231,7 @@ def test_invalid_option_without_lifespan_fails_every_request(
     start: Callable[..., Server],
 ) -> None:
     server = start("h11", "body_max_bytes=0", "--lifespan", "off")
-    server.wait_until_listening()
-    response = httpx.get(f"http://127.0.0.1:{server.port}/who", timeout=10)
+    response = httpx.get(f"http://127.0.0.1:{server.port}/who", timeout=60)
     assert response.status_code == 500
     report = server.wait_for(lambda e: e["event"].startswith("Exception in ASGI application"))
     assert "body_max_bytes" in str(report["exception"])
@@ -259,9 +251,8 @@ def test_uvicorn_proxy_headers_are_not_read_twice(
     start: Callable[..., Server], extra: tuple[str, ...], client_ip: str
 ) -> None:
     server = start("h11", "trusted_proxies=['10.0.0.0/8']", *extra)
-    server.wait_until_listening()
     headers = {"X-Forwarded-For": "1.2.3.4, 10.0.0.5, 127.0.0.1", "X-Forwarded-Proto": "https"}
-    httpx.get(f"http://127.0.0.1:{server.port}/who", headers=headers, timeout=10)
+    httpx.get(f"http://127.0.0.1:{server.port}/who", headers=headers, timeout=60)
     event = server.wait_for(lambda e: e["event"] == "request_completed")
     assert event["client_ip"] == client_ip
     assert event.get("scheme") == ("https" if client_ip == "1.2.3.4" else None)

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,9 @@ import httpx
 import orjson
 import pytest
 
-pytestmark = pytest.mark.timeout(120)
+from tests.conftest import listening_socket
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 APP = textwrap.dedent(
     """
@@ -74,13 +75,6 @@ APP = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     """A uvicorn subprocess serving tests' app module on a free port."""
 
@@ -93,31 +87,31 @@ class Server:
         stderr: Any = subprocess.PIPE,
     ) -> None:
         (app_dir / "app.py").write_text(APP)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        sock = listening_socket()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(app_dir)]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), *args]
+        command += ["--fd", str(sock.fileno()), *args]
+        fds = {sock.fileno(), *(fd for fd in (stdout, stderr) if isinstance(fd, int) and fd > 2)}
         self.proc = subprocess.Popen(
             command,
             env={**os.environ, **env},
             stdout=stdout,
             stderr=stderr,
-            pass_fds=tuple({fd for fd in (stdout, stderr) if isinstance(fd, int) and fd > 2}),
+            pass_fds=tuple(fds),
         )
+        sock.close()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.stderr()
-            try:
-                if httpx.get(self.url + "/_stats", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        pytest.fail("uvicorn did not start")
+        """One request, waiting in the backlog until uvicorn is up: never retried."""
+        try:
+            response = httpx.get(self.url + "/_stats", timeout=60)
+        except httpx.TransportError as exc:
+            self.kill()
+            pytest.fail(f"uvicorn did not answer ({exc!r}): {self.stderr()}")
+        assert response.status_code == 200
 
     def get(self, path: str) -> dict[str, Any]:
-        response = httpx.get(self.url + path, timeout=15)
+        response = httpx.get(self.url + path, timeout=30)
         assert response.status_code == 200
         result: dict[str, Any] = response.json()
         return result
@@ -145,12 +139,17 @@ def servers() -> Iterator[list[Server]]:
         server.kill()
 
 
-def send_requests(url: str, count: int, threads: int = 1) -> list[str]:
-    """``count`` requests, each with its own request ID; every one must succeed."""
+def send_requests(url: str, count: int, threads: int = 1, *, keepalive: bool = True) -> list[str]:
+    """``count`` requests, each with its own request ID; every one must succeed.
+
+    ``keepalive=False`` opens a connection per request, so that several server processes
+    sharing one socket each get a share of them (one worker would keep a keep-alive one).
+    """
     ids = [uuid.uuid4().hex for _ in range(count)]
+    limits = httpx.Limits(max_keepalive_connections=None if keepalive else 0)
 
     def run(part: list[str]) -> None:
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(base_url=url, timeout=30, limits=limits) as client:
             for rid in part:
                 response = client.get(f"/items/{len(rid)}", headers={"X-Request-ID": rid})
                 assert response.status_code == 200
@@ -315,8 +314,12 @@ def test_four_workers_append_whole_lines_to_one_file(tmp_path: Path, servers: li
     server = Server(tmp_path, env, "--workers", "4")
     servers.append(server)
     server.wait_ready()
+    # The first worker up answers the request above; the others may still be importing the
+    # app, and a connection made meanwhile stays with the first one. Start once all four
+    # have said so, and give every request its own connection.
+    _await_lines(log, b'"event":"Application startup complete."', 4)
 
-    ids = send_requests(server.url, 1000, threads=16)
+    ids = send_requests(server.url, 1000, threads=16, keepalive=False)
     server.terminate()
 
     lines = log.read_bytes().splitlines()
@@ -325,6 +328,13 @@ def test_four_workers_append_whole_lines_to_one_file(tmp_path: Path, servers: li
     assert len(completed) == 1000
     assert completed_ids(events) == Counter(ids)
     assert len({e["pid"] for e in completed}) > 1
+
+
+def _await_lines(path: Path, needle: bytes, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.read_bytes().count(needle) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} lines with {needle!r}"
+        time.sleep(0.02)
 
 
 CLOSED_STDOUT_APP = textwrap.dedent(
@@ -356,7 +366,7 @@ CLOSED_STDOUT_APP = textwrap.dedent(
         return {"ok": True}
 
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None)
+    config = uvicorn.Config(app, fd=int(sys.argv[1]), log_config=None)
     server = uvicorn.Server(config)
     server.run()
     """
@@ -366,23 +376,21 @@ CLOSED_STDOUT_APP = textwrap.dedent(
 def test_closed_stdout_keeps_serving_and_exits_0(tmp_path: Path) -> None:
     script = tmp_path / "serve.py"
     script.write_text(CLOSED_STDOUT_APP)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    sock = listening_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, str(script), str(sock.fileno())],
+        pass_fds=[sock.fileno()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    sock.close()
     try:
         assert proc.stdout is not None
         first = orjson.loads(proc.stdout.readline())
         assert first["logger"].startswith("uvicorn")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/ping", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        # Waits in the backlog until uvicorn is up: one request, never retried.
+        assert httpx.get(url + "/ping", timeout=60).status_code == 200
 
         proc.stdout.close()  # the reader goes away
         with httpx.Client(base_url=url, timeout=10) as client:

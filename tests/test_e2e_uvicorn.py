@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+
+from tests.conftest import listening_socket
+
+pytestmark = pytest.mark.slow
 
 APP = textwrap.dedent(
     """
@@ -59,36 +61,22 @@ class Server:
         return out.decode().splitlines(), err.decode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     (tmp_path / "app.py").write_text(APP)
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
     env.pop("REQLOG_FORMAT", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "app:app", "--fd", str(sock.fileno())],
+        pass_fds=[sock.fileno()],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out, err = proc.communicate()
-                pytest.fail(f"uvicorn did not start: {out.decode()} {err.decode()}")
-            time.sleep(0.05)
+    sock.close()  # requests wait in the backlog until uvicorn accepts: no readiness polling
     srv = Server(proc, f"http://127.0.0.1:{port}")
     yield srv
     if proc.poll() is None:
@@ -110,7 +98,7 @@ def parse(lines: list[str]) -> list[dict[str, Any]]:
 
 def test_one_pipeline_one_line_per_record(server: Server) -> None:
     rid = "4bf92f3577b34da6a3ce929d0e0e4736"
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
         ok = client.get("/items/42", headers={"X-Request-ID": rid})
         failed = client.get("/boom")
     assert ok.status_code == 200

@@ -53,6 +53,7 @@ def _ship_task(app: Celery) -> Any:
     return ship
 
 
+@pytest.mark.slow
 async def test_real_worker_logs_the_request_id(log_output: LogOutput, celery_app: Celery) -> None:
     log_output.configure(level="INFO")
     ship = _ship_task(celery_app)
@@ -61,7 +62,7 @@ async def test_real_worker_logs_the_request_id(log_output: LogOutput, celery_app
 
     @app.post("/orders/{order_id}/ship")
     def queue(order_id: int) -> dict[str, Any]:
-        return {"seen": ship.delay(order_id).get(timeout=10, interval=0.01)}
+        return {"seen": ship.delay(order_id).get(timeout=60, interval=0.01)}
 
     # A real worker thread on an in-memory broker: the ID crosses in the message headers.
     # (Stopping it takes ~2 s: its loop waits that long for messages between checks.)
@@ -70,7 +71,7 @@ async def test_real_worker_logs_the_request_id(log_output: LogOutput, celery_app
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             response = await client.post("/orders/7/ship", headers={"X-Request-ID": RID})
         # A task queued outside any request gets an ID of its own.
-        outside = ship.delay(8).get(timeout=10, interval=0.01)
+        outside = ship.delay(8).get(timeout=60, interval=0.01)
 
     assert response.json() == {"seen": RID}
     assert outside

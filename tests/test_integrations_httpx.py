@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +19,7 @@ from fastapi import FastAPI
 
 import reqlog
 from reqlog.integrations.httpx import instrument, request_id_headers
-from tests.conftest import LogOutput
+from tests.conftest import LogOutput, listening_socket
 
 pytestmark = pytest.mark.anyio
 
@@ -50,9 +48,7 @@ def serve(tmp_path: Path, source: str) -> Iterator[tuple[str, Path]]:
     """Run ``source`` as ``app`` under a real uvicorn on a socket bound here (no port race)."""
     (tmp_path / "service_b.py").write_text(source)
     log_file = tmp_path / "b.log"
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock = listening_socket()
     port = sock.getsockname()[1]
     env = {**os.environ, "REQLOG_OUTPUT": str(log_file), "PYTHONPATH": str(tmp_path)}
     proc = subprocess.Popen(
@@ -66,16 +62,13 @@ def serve(tmp_path: Path, source: str) -> Iterator[tuple[str, Path]]:
     sock.close()
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"{base_url}/stock/ready", timeout=1)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode() if proc.stdout else ""
-                    pytest.fail(f"service B did not start:\n{out}")
-                time.sleep(0.05)
+        # The first request waits in the backlog until uvicorn is up: sent once, never retried.
+        try:
+            httpx.get(f"{base_url}/stock/ready", timeout=60)
+        except httpx.TransportError as exc:
+            proc.kill()
+            out = proc.communicate()[0].decode()
+            pytest.fail(f"service B did not answer ({exc!r}):\n{out}")
         yield base_url, log_file
     finally:
         proc.terminate()
@@ -93,6 +86,7 @@ def _events(log_file: Path, event: str) -> list[dict[str, Any]]:
     return [e for e in map(orjson.loads, lines) if e["event"] == event]
 
 
+@pytest.mark.slow
 async def test_service_b_logs_service_a_request_id(tmp_path: Path, log_output: LogOutput) -> None:
     log_output.configure(service="a")
     with serve(tmp_path, SERVICE_B) as (b_url, b_log):

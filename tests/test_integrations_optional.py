@@ -54,7 +54,7 @@ def test_missing_dependency(blocked: str, module: str, extra: str) -> None:
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith(f"pip install 'reqlog[{extra}]'")
+    assert result.stdout.strip().endswith(f"pip install 'reqlog-asgi[{extra}]'")
 
 
 def test_import_reqlog_imports_no_integration() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -195,6 +199,10 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
+#: The receivers running, by URL: a test may stop one (a collector going down).
+_SERVERS: dict[str, tuple[ThreadingHTTPServer, int]] = {}
+
+
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[tuple[str, ExportLogsServiceRequest]]]]:
     received: list[tuple[str, ExportLogsServiceRequest]] = []
@@ -202,7 +210,12 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, ExportLogsServiceRequest]]
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", received
+    port = server.server_address[1]
+    url = f"http://127.0.0.1:{port}"
+    _SERVERS[url] = (server, port)
+    yield url, received
+    reqlog._config.reset()  # the pipeline lets go of the receiver before it stops
+    del _SERVERS[url]
     server.shutdown()
     server.server_close()
 
@@ -374,10 +387,262 @@ def test_without_opentelemetry_installed() -> None:
     )
     assert result.returncode == 0, result.stderr
     error, imported, line = result.stdout.strip().splitlines()
-    assert error == "error: otlp: needs the OpenTelemetry SDK: pip install 'reqlog[otel]'"
+    assert error == "error: otlp: needs the OpenTelemetry SDK: pip install 'reqlog-asgi[otel]'"
     assert imported == (
-        "import: reqlog.integrations.otel needs opentelemetry-api: pip install 'reqlog[otel]'"
+        "import: reqlog.integrations.otel needs opentelemetry-api: pip install 'reqlog-asgi[otel]'"
     )
     event = orjson.loads(line)
     assert event["event"] == "plain"
     assert "trace_id" not in event
+
+
+# -- a collector that is down: bounded waits, every line written, every loss counted ---------------
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """A real port on which nothing listens: bound here, never listening, so every connection
+    is refused and no other process can take the port while the test runs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+@pytest.fixture
+def quick_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The exporter's own bound on one export, retries included (default 10 s): a dead
+    # collector then fails a batch within about a second instead of after 7.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "1")
+
+
+def _await(condition: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _otlp_stats() -> dict[str, int]:
+    stats: Any = reqlog.output_stats()
+    return dict(stats["otlp"])
+
+
+@pytest.mark.slow
+def test_dead_collector_flush_is_bounded_and_says_false(
+    tmp_path: Path, refusing_url: str, quick_exporter: None
+) -> None:
+    log = tmp_path / "app.log"
+    reqlog.configure(output=str(log), format="json", otlp=refusing_url, otlp_timeout=0.3)
+    for i in range(10):
+        reqlog.get_logger("t").info("tick", i=i)
+
+    started = time.monotonic()
+    flushed = reqlog.flush()
+    took = time.monotonic() - started
+
+    # Bounded by otlp_timeout (the exporter retries for a second), not by the exporter.
+    assert flushed is False
+    assert took < 0.3 + 3.0
+    # Every line is in the file: the collector never held the output up.
+    ticks = [e for e in map(orjson.loads, log.read_bytes().splitlines()) if e["event"] == "tick"]
+    assert [e["i"] for e in ticks] == list(range(10))
+
+    # Once the exporter gives up, the records are counted as dropped, like any other loss.
+    _await(lambda: _otlp_stats()["dropped"] == 10, "the exporter never gave up")
+    assert _otlp_stats() == {"accepted": 10, "written": 0, "dropped": 10, "errors": 1}
+    stats: Any = reqlog.output_stats()
+    assert stats["dropped"] == stats["otlp"]["dropped"]  # counted in the total; the file lost none
+    # The loss makes one flush say so (the first, if the exporter gave up within its wait,
+    # else this one); after that nothing is pending and nothing new is lost.
+    reqlog.flush()
+    assert reqlog.flush() is True
+
+
+@pytest.mark.slow
+def test_a_collector_that_stops_then_comes_back(
+    receiver: tuple[str, list[tuple[str, ExportLogsServiceRequest]]], quick_exporter: None
+) -> None:
+    url, received = receiver
+    out = io.BytesIO()
+    reqlog.configure(output=out, format="json", otlp=url, otlp_timeout=5)
+    log = reqlog.get_logger("t")
+    log.info("before")
+    assert reqlog.flush() is True
+    assert list(_records(received)) == ["before"]
+
+    server, port = _SERVERS[url]
+    server.shutdown()
+    server.server_close()  # connections to the port are refused from now on
+    for i in range(3):
+        log.info("while_down", i=i)
+    assert reqlog.flush() is False  # the exporter gave up within otlp_timeout
+    assert _otlp_stats() == {"accepted": 4, "written": 1, "dropped": 3, "errors": 1}
+
+    # The collector is back on the same port: the next batch goes through, and the output
+    # says what OTLP lost, once.
+    again = ThreadingHTTPServer(("127.0.0.1", port), server.RequestHandlerClass)
+    threading.Thread(target=again.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        log.info("after")
+        assert reqlog.flush() is True
+    finally:
+        again.shutdown()
+        again.server_close()
+    assert list(_records(received)) == ["before", "after"]
+    events = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events if e["logger"] != "t" and e["logger"] == "reqlog"] == [
+        "logs_dropped"
+    ]
+    [notice] = [e for e in events if e["event"] == "logs_dropped"]
+    assert (notice["count"], notice["reason"], notice["level"]) == (3, "otlp", "warning")
+    assert [e["event"] for e in events if e["logger"] == "t"] == [
+        "before",
+        "while_down",
+        "while_down",
+        "while_down",
+        "after",
+    ]
+    assert _otlp_stats() == {"accepted": 5, "written": 2, "dropped": 3, "errors": 1}
+
+
+@pytest.mark.slow
+def test_a_dead_collector_never_costs_the_output_a_line_and_exit_is_bounded(
+    tmp_path: Path, refusing_url: str
+) -> None:
+    # The issue's case, in a fresh interpreter: events a tenth of a second apart, so that the
+    # output's writer takes them one by one, then exit. The exporter keeps its default
+    # 10 s bound, retrying all along; the exit waits otlp_timeout for it, then stops it.
+    log = tmp_path / "app.log"
+    script = textwrap.dedent(
+        f"""
+        import atexit, sys, time
+        marks = {{}}
+        # Registered before reqlog's own exit flush, so it runs after it.
+        atexit.register(lambda: print(round(time.monotonic() - marks["end"], 3)))
+        import reqlog
+        reqlog.configure(output={str(log)!r}, format="json", otlp={refusing_url!r},
+                         otlp_timeout=0.5)
+        for i in range(10):
+            reqlog.get_logger("t").info("tick", i=i)
+            time.sleep(0.1)
+        marks["end"] = time.monotonic()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REQLOG_", "OTEL_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    exit_took = float(result.stdout)
+    assert exit_took < 0.5 + 3.0  # it was over 5 s: the output's exit flush timed out
+    events = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert [e["i"] for e in events if e["event"] == "tick"] == list(range(10))
+    [notice] = [e for e in events if e["event"] == "logs_dropped"]
+    assert (notice["count"], notice["reason"]) == (10, "otlp")
+    # Reported once on stderr, with the endpoint.
+    assert result.stderr.count("reqlog: OTLP to ") == 1, result.stderr
+    assert "could not export" in result.stderr
+
+
+@pytest.mark.slow
+def test_your_own_provider_is_flushed_within_the_bound(refusing_url: str) -> None:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    # The exporter's default bound (10 s): its retries outlast the flush's wait by far.
+    exporter = OTLPLogExporter(endpoint=refusing_url + "/v1/logs")
+    provider = LoggerProvider()
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    reqlog.configure(output=io.BytesIO(), format="json", otlp=provider, otlp_timeout=0.2)
+    reqlog.get_logger("t").info("hello")
+    started = time.monotonic()
+    # The SDK's force_flush() would wait for the exporter's retries, whatever its timeout.
+    assert reqlog.flush() is False
+    assert time.monotonic() - started < 0.2 + 3.0
+    assert "otlp" not in reqlog.output_stats()  # delivery is the provider's own business
+    exporter.shutdown()  # type: ignore[no-untyped-call]  # ends the retries
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon", float("nan"), float("inf"), True, "0"])
+def test_otlp_timeout_is_validated(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"^otlp_timeout: expected a number of seconds"):
+        reqlog.configure(output=io.BytesIO(), otlp_timeout=value)
+
+
+def test_otlp_timeout_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, receiver: tuple[str, list[Any]]
+) -> None:
+    url, _ = receiver
+    monkeypatch.setenv("REQLOG_OTLP_TIMEOUT", "0.75")
+    reqlog.configure(output=io.BytesIO(), otlp=url)
+    assert reqlog._config._STATE.otlp.timeout == 0.75
+    monkeypatch.setenv("REQLOG_OTLP_TIMEOUT", "never")
+    with pytest.raises(ValueError, match=r"^otlp_timeout \(from REQLOG_OTLP_TIMEOUT\): "):
+        reqlog.configure(output=io.BytesIO(), otlp=url)
+
+
+def test_a_full_channel_drops_and_counts(tmp_path: Path) -> None:
+    # The channel itself, with an exporter that never answers until told to: the emitting
+    # side never waits, and what does not fit is counted.
+    from reqlog.integrations.otel import OTLPChannel
+
+    release = threading.Event()
+    exported: list[Any] = []
+
+    class Stuck:
+        def export(self, batch: Any) -> Any:
+            release.wait(30)
+            exported.extend(batch)
+            return _success()
+
+        def shutdown(self) -> None:
+            release.set()
+
+    lost: list[int] = []
+    channel = OTLPChannel(Stuck(), queue_size=4, batch_size=2, delay=0.0, on_lost=lost.append)
+    channel.export(["r0", "r1"])  # taken by the thread, which then waits in export()
+    _await(lambda: not channel._queue, "the thread never took the first batch")
+    channel.export([f"r{i}" for i in range(2, 10)])  # 4 fit, 4 do not
+    assert channel.stats() == {"accepted": 10, "written": 0, "dropped": 4, "errors": 0}
+    assert channel.flush(0.05) is False
+    release.set()
+    assert channel.flush(30) is True  # the 4 drops were already reported by the flush above
+    assert exported == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    assert lost == [4]
+    channel.close(1.0)
+
+
+def _success() -> Any:
+    from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+    return LogRecordExportResult.SUCCESS
+
+
+def test_close_while_the_thread_waits_for_a_batch_to_fill() -> None:
+    # The thread lingers for a fuller batch; close() takes what is queued meanwhile. Either
+    # side may get the record, but it is counted once, and no empty batch is ever sent.
+    from reqlog.integrations.otel import OTLPChannel
+
+    batches: list[list[Any]] = []
+
+    class Recorder:
+        def export(self, batch: Any) -> Any:
+            batches.append(list(batch))
+            return _success()
+
+        def shutdown(self) -> None:
+            pass
+
+    lost: list[int] = []
+    channel = OTLPChannel(Recorder(), batch_size=100, delay=30.0, on_lost=lost.append)
+    channel.export(["only"])
+    _await(lambda: channel._thread is not None, "no thread")
+    channel.close(0.0)
+    assert channel._thread is not None
+    channel._thread.join(10)
+    stats = channel.stats()
+    assert [b for b in batches if not b] == []
+    assert (stats["written"] + stats["dropped"], stats["errors"]) == (1, 0)
+    assert lost == ([1] if stats["dropped"] else [])

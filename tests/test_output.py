@@ -100,12 +100,15 @@ def stalled() -> Iterator[StalledPipe]:
 
 
 def wait_until_writer_blocked(out: output.Output) -> None:
-    """The writer took everything queued and sits in a write() that cannot finish."""
-    deadline = time.monotonic() + 5
+    """The writer took everything queued and sits in a write() that cannot finish.
+
+    The queue is emptied only by the writer taking it whole, under the lock, and what it took
+    it writes before it takes anything else: from then on nothing queued leaves the queue.
+    """
+    deadline = time.monotonic() + 30
     while out._ends or out._idle:
         assert time.monotonic() < deadline, "the writer never picked the line up"
         time.sleep(0.005)
-    time.sleep(0.05)
 
 
 # --- background writing ------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def test_default_processors_drive_plain_structlog() -> None:
         ({"service": 3}, "service"),
         ({"processors": [1]}, "processors"),
         ({"redact": "no"}, "redact"),
-        ({"sample_rate": 0}, "sample_rate"),
+        ({"sample_rate": -0.1}, "sample_rate"),
         ({"schema": "xml"}, "schema"),
     ],
 )
@@ -591,10 +591,56 @@ def test_sample_rate_from_the_environment(
     assert [e["path"] for e in log_output.access()] == ["/items/1"]
 
 
-@pytest.mark.parametrize("rate", [0, 0.0, -0.5, 1.5, "half", True, float("nan"), None])
+@pytest.mark.parametrize(
+    "rate", [-0.5, -1e-9, 1.5, 1.0000001, "half", "", True, False, float("nan"), None, "-0.1"]
+)
 def test_sample_rate_is_validated(rate: Any) -> None:
-    with pytest.raises(ValueError, match=r"^sample_rate: "):
+    with pytest.raises(ValueError, match=r"^sample_rate: expected a number from 0 to 1, got "):
         reqlog.configure(output=io.BytesIO(), sample_rate=rate)
+
+
+@pytest.mark.parametrize("rate", [0, 0.0, "0", "0.0"])
+def test_sample_rate_zero_keeps_only_what_is_always_kept(log_output: LogOutput, rate: Any) -> None:
+    # A busy service: no routine request, but every error, 4xx, slow or incomplete one.
+    log_output.configure(sample_rate=rate, slow_request_ms=100)
+    clock = FakeClock()
+    app = make_app(clock)
+    get(app, "/items/1", request_id=LOW_ID)  # score 0.0: kept at any rate above 0, not at 0
+    get(app, "/items/2", request_id=HIGH_ID)
+    get(app, "/status/404", request_id=HIGH_ID)
+    get(app, "/status/503", request_id=LOW_ID)
+    get(app, "/boom", request_id=LOW_ID)
+    get(app, "/items/3?ms=500", request_id=LOW_ID)
+    reqlog.get_logger("app").info("not_an_access_event")
+    events = log_output.events()
+    assert [(e["event"], e.get("path"), e.get("sample_rate")) for e in events] == [
+        ("request_completed", "/status/404", None),
+        ("request_completed", "/status/503", None),
+        ("request_failed", "/boom", None),
+        ("request_completed", "/items/3", None),
+        ("not_an_access_event", None, None),
+    ]
+
+
+def test_sample_rate_zero_from_the_environment(
+    log_output: LogOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQLOG_SAMPLE_RATE", "0")
+    log_output.configure()
+    app = make_app()
+    get(app, "/items/1", request_id=LOW_ID)
+    get(app, "/status/500", request_id=LOW_ID)
+    assert [e["path"] for e in log_output.access()] == ["/status/500"]
+
+
+def test_sampler_at_zero_drops_every_routine_request() -> None:
+    sampler = Sampler(0)
+    for rid in [LOW_ID, HIGH_ID, *_ids(200)]:
+        with pytest.raises(structlog.DropEvent):
+            sampler(
+                None, "info", {"event": "request_completed", "status_code": 200, "request_id": rid}
+            )
+    assert reqlog.default_processors(sample_rate=0)  # accepted there too
 
 
 def test_bad_env_sample_rate_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -64,7 +64,10 @@ texts = st.text(chars, max_size=30)
 RESERVED = frozenset(
     {"event", "message", "level", "logger", "timestamp", "request_id", "exc_info", "stack_info"}
 )
-keys = texts.filter(lambda key: key not in RESERVED)
+#: And ``self``: a keyword argument that collides with the logger method's own parameter
+#: (structlog's ``meth(self, event, **kw)``), a TypeError in any structlog logger before reqlog
+#: sees the event. One full run of the suite drew it (the examples differed from run to run).
+keys = texts.filter(lambda key: key not in RESERVED and key != "self")
 scalars = st.one_of(
     st.none(),
     st.booleans(),

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from freezegun import freeze_time
 from structlog.typing import EventDict, WrappedLogger
 
 import reqlog
@@ -104,16 +105,37 @@ def test_stdlib_event_without_duplicate_message_under_log_capture(
 
 
 def redact_battery(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """A stand-in redactor for the battery's secrets: walks the event, masks whole strings."""
+    """A stand-in redactor for the battery's secrets: walks the event, masks each secret value.
+
+    It masks the battery's exact secret values, never a fragment of one: a fragment such as
+    "4111" also turns up in timestamps and durations, and masking those would make the check
+    fail on the clock (a timestamp of "...:00.041117Z" once read "[REDACTED]").
+    """
     return {k: _mask(v) for k, v in event_dict.items()}
 
 
-_BATTERY_SECRETS = ("pw-", "tok-", "key-", "sess-", "dXNlcj", "b3Ar3r", "eyJhbG", "4111", "078-05")
+# The values reqlog.testing's battery logs (its private constants, spelled out here as a user's
+# own redactor would know them).
+_BATTERY_SECRETS = (
+    "pw-Zq81xKm3vT",
+    "tok-7RfWq2LpXc",
+    "key-H4nd0ff9Qa",
+    "sess-0aP9gLm2Wd",
+    "dXNlcjpwYTU1LXNlY3JldA==",
+    "b3Ar3r-T0k3n-Vx91LmQzR8",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJjaGVja19waXBlbGluZSJ9"
+    ".c2lnbmF0dXJlLW9mLWNoZWNrLXBpcGVsaW5l",
+    "4111 1111 1111 1111",
+    "078-05-1120",
+)
 
 
 def _mask(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
-        return "[REDACTED]" if any(s in value for s in _BATTERY_SECRETS) else value
+        for secret in _BATTERY_SECRETS:
+            if secret in value:
+                value = value.replace(secret, "[REDACTED]")
+        return value
     if depth > 10:  # the battery logs a list that contains itself
         return value
     if isinstance(value, dict):
@@ -121,6 +143,33 @@ def _mask(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list):
         return [_mask(v, depth + 1) for v in value]
     return value
+
+
+def test_battery_secrets_are_the_ones_check_pipeline_logs() -> None:
+    # The stand-in redactor above would go stale silently if the battery changed its values.
+    assert set(_BATTERY_SECRETS) == {
+        testing._PASSWORD,
+        testing._TOKEN,
+        testing._API_KEY,
+        testing._COOKIE,
+        testing._BASIC,
+        testing._BEARER,
+        testing._JWT,
+        testing._CARD,
+        testing._SSN,
+    }
+
+
+@pytest.mark.parametrize(
+    "instant",
+    ["2026-11-24 06:00:00.041117", "2026-11-24 06:41:11.411100", "4111-01-01 00:00:00"],
+)
+def test_check_pipeline_passes_whatever_the_clock_says(instant: str) -> None:
+    # Timestamps that contain a fragment of the fake card number are not secrets.
+    with freeze_time(instant):
+        report = testing.check_pipeline(format="json", level="ERROR", processors=[redact_battery])
+    assert report.problems == []
+    assert {orjson.loads(line)["timestamp"][:4] for line in report.lines} == {instant[:4]}
 
 
 def test_check_pipeline_passes_on_the_defaults() -> None:

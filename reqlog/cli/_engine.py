@@ -126,7 +126,7 @@ def distribution_name() -> str:
     from importlib.metadata import packages_distributions
 
     names = packages_distributions().get("reqlog") or []
-    return names[0] if names else "reqlog"
+    return names[0] if names else "reqlog-asgi"
 
 
 def require_duckdb() -> ModuleType:
