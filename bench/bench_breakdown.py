@@ -203,7 +203,7 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         return serve
 
     no_event = (_config, "emit_access", _noop)
-    fixed_id = (mw, "_identify", lambda scope: (scope, request_id, "bench/1.0"))
+    fixed_id = (mw, "_identify", lambda scope: (scope, request_id, False, "bench/1.0"))
     no_context = [(mw, "_enter", _noop), (middleware, "_leave", _noop)]
 
     def policy(n: int) -> None:
