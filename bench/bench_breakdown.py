@@ -3,7 +3,7 @@
 One process under callgrind (see bench/callgrind.py) runs, each between two marks:
 
 - *in place*: N requests through the bare app, through reqlog's defaults, and through reqlog's
-  defaults with the access event switched off (``_config.emit_access`` a no-op). Their
+  defaults with the access event switched off (the middleware's ``emit_access`` a no-op). Their
   differences split reqlog's overhead exactly into the middleware's part and the event's part;
 - *isolated*: each part called N times on the inputs it had in a real request (recorded from
   one): the request-ID step, entering and leaving the context, the route template, the level
@@ -77,7 +77,8 @@ class Recorded:
     """What one real request handed to each part, kept to call the parts again in isolation."""
 
     def __init__(self, app: Any) -> None:
-        from reqlog import _config, context
+        from reqlog import context, middleware
+        from reqlog._logger import get_logger
         from reqlog.middleware import RequestLoggingMiddleware
 
         self.app = app
@@ -96,7 +97,7 @@ class Recorded:
             await inner_app(scope, receive, send)
             self.routed_scope = scope
 
-        emit = _config.emit_access
+        emit = middleware.emit_access  # type: ignore[attr-defined]
 
         def keep_access(level: int, event: str, fields: dict[str, Any]) -> None:
             self.access = dict(fields)
@@ -104,23 +105,23 @@ class Recorded:
             with self._recording_chain():
                 emit(level, event, fields)
 
-        with _patched(layer, "app", keep_scope), _patched(_config, "emit_access", keep_access):
+        with _patched(layer, "app", keep_scope), _patched(middleware, "emit_access", keep_access):
             asyncio.run(_drive(app, 1))
         self.access_chain = self.chain_inputs
         self.chain_inputs = []
         token = context.CURRENT.set(self.context)
         try:
             with self._recording_chain():
-                _config.get_logger("app").info("loading_item", item_id=42)
+                get_logger("app").info("loading_item", item_id=42)
         finally:
             context.CURRENT.reset(token)
         self.app_chain = self.chain_inputs
 
     @contextmanager
     def _recording_chain(self) -> Iterator[None]:
-        from reqlog import _config
+        from reqlog._state import STATE
 
-        chain = list(_config._PROCESSORS)
+        chain = list(STATE.processors)
 
         def recording(processor: Any) -> Any:
             def record(logger: Any, method_name: str, event_dict: Any) -> Any:
@@ -130,11 +131,11 @@ class Recorded:
 
             return record
 
-        _config._PROCESSORS[:] = [recording(p) for p in chain]
+        STATE.processors[:] = [recording(p) for p in chain]
         try:
             yield
         finally:
-            _config._PROCESSORS[:] = chain
+            STATE.processors[:] = chain
 
 
 @dataclass(frozen=True)
@@ -179,15 +180,17 @@ def _capture_apps() -> dict[str, Any]:
 
 def _stretches(recorded: Recorded) -> list[Stretch]:
     import reqlog
-    from reqlog import _config, middleware
-    from reqlog.middleware import _leave, _route_template
+    from reqlog import _emit, middleware
+    from reqlog._routes import route_template
+    from reqlog._state import STATE
+    from reqlog.middleware import _leave
 
     mw = recorded.middleware
     scope = recorded.routed_scope
     request_id = recorded.access.get("request_id") or "0" * 32
     access = recorded.access
-    access_logger = _config._ACCESS
-    output = _config.current_output()
+    access_logger = _emit._ACCESS
+    output = STATE.output
     line = b'{"event":"request_completed"}' * 12 + b"\n"  # an access line's length
     bare_app = bare()
 
@@ -202,12 +205,12 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
 
         return serve
 
-    no_event = (_config, "emit_access", _noop)
+    no_event = (middleware, "emit_access", _noop)
     fixed_id = (mw, "_identify", lambda scope: (scope, request_id, False, "bench/1.0"))
     no_context = [(mw, "_enter", _noop), (middleware, "_leave", _noop)]
 
     def policy(n: int) -> None:
-        with _patched(_config, "emit_access", _noop):
+        with _patched(middleware, "emit_access", _noop):
             for _ in range(n):
                 mw._completed(dict(access))
 
@@ -251,8 +254,8 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         ),
         _isolated(
             "route",
-            "route template (`_route_template`)",
-            lambda: _route_template(scope, "", recorded.app),
+            "route template (`_routes.route_template`)",
+            lambda: route_template(scope, "", recorded.app),
             lambda: _noop(scope, "", recorded.app),
         ),
         Stretch(
@@ -264,8 +267,8 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         ),
         _isolated(
             "emit",
-            "access event, whole (`_config.emit_access`, writer hand-off included)",
-            lambda: _config.emit_access(logging.INFO, "request_completed", dict(access)),
+            "access event, whole (`_emit.emit_access`, writer hand-off included)",
+            lambda: _emit.emit_access(logging.INFO, "request_completed", dict(access)),
             lambda: _noop(logging.INFO, "request_completed", dict(access)),
         ),
         _isolated(

@@ -1,4 +1,9 @@
-"""Where rendered lines go: streams and files, the background writer, the counters, flush()."""
+"""Where rendered lines go: streams and files, the background writer, its bounds and counters.
+
+A leaf module: it imports nothing of reqlog (structlog's ``_output.py`` is the model). Which
+output is the current one, and ``reqlog.flush()``, are reqlog's live configuration
+(``reqlog._state``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ import logging.handlers
 import multiprocessing
 import os
 import select
-import signal
 import stat
 import sys
 import threading
@@ -29,8 +33,6 @@ __all__ = [
     "Sink",
     "StreamSink",
     "build_sinks",
-    "flush",
-    "output_stats",
 ]
 
 #: How often one sink's failures may be reported on stderr.
@@ -1004,93 +1006,3 @@ def _reinit_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_after_fork)
-
-
-# --- flushing on its own: SIGTERM -------------------------------------------------------------
-
-
-def _flush_on_sigterm(signum: int, frame: Any) -> None:
-    """Flush (bounded), then die of SIGTERM as if reqlog had never been there.
-
-    uvicorn restores the handler it found at startup, this one, and re-raises SIGTERM after
-    its graceful shutdown; the lines uvicorn logged after the lifespan ended get written.
-    """
-    with contextlib.suppress(Exception):
-        finish_all(timeout=SIGNAL_FLUSH_TIMEOUT_S)
-    signal.signal(signum, signal.SIG_DFL)
-    signal.raise_signal(signum)
-
-
-def install_sigterm_flush() -> None:
-    """Flush on SIGTERM, where nobody else handles it: main thread, default disposition."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    with contextlib.suppress(ValueError, OSError):
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _flush_on_sigterm)
-
-
-# --- module-level API ---------------------------------------------------------------------------
-
-
-def flush(timeout: float | None = None) -> bool:
-    """Block until every event accepted so far is written; ``False`` if ``timeout`` ran out.
-
-    The ``slow_output`` too, when there is one, within the same ``timeout``. With
-    ``configure(otlp=...)``, OpenTelemetry's records too, for at most ``otlp_timeout``
-    seconds: ``False`` also when one of them is still on its way or was lost since the
-    previous flush (a collector that is down).
-
-    >>> reqlog.flush(timeout=2.0)
-    True
-    """
-    from reqlog import _config
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    # OTLP first, never longer than configure(otlp_timeout=...): what it lost is written to
-    # the output as a logs_dropped event, which the output's flush then covers.
-    otlp = _config._STATE.otlp
-    done = otlp.flush(timeout) if otlp is not None else True
-    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-    done = _config.current_output().flush(left) and done
-    slow = _config._STATE.slow_output
-    if slow is not None:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        done = slow.flush(left) and done
-    return done
-
-
-def finish_all(timeout: float) -> None:
-    """The last flush of the output and the ``slow_output`` (Output.finish): at exit, on
-    SIGTERM. Bounded by the shutdown's deadline whatever the sinks do."""
-    from reqlog import _config
-
-    otlp = _config._STATE.otlp
-    if otlp is not None:
-        # First, within otlp_timeout: then the exporter stops, even in the middle of its
-        # retries, and the logs_dropped event for what it lost still reaches the output.
-        otlp.close(timeout)
-    _config.current_output().finish(timeout)
-    slow = _config._STATE.slow_output
-    if slow is not None:
-        slow.finish(timeout)
-
-
-def output_stats() -> OutputStats:
-    """Accepted, written, dropped and error counts of the current output.
-
-    ``accepted == written + dropped`` whenever nothing is waiting in the queue, so right
-    after ``flush()`` returned ``True``. With ``configure(otlp=...)`` the records handed to
-    OpenTelemetry count too (exported as ``written``, lost as ``dropped``), and ``otlp`` has
-    their counts alone.
-    """
-    from reqlog import _config
-
-    stats = _config.current_output().stats()
-    otlp = _config._STATE.otlp
-    otlp_stats = otlp.stats() if otlp is not None else None
-    if otlp_stats is not None:
-        for key in ("accepted", "written", "dropped", "errors"):
-            stats[key] += otlp_stats[key]
-        stats["otlp"] = otlp_stats
-    return stats

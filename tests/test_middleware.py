@@ -27,6 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 import reqlog
+import reqlog._lifecycle
 from reqlog.cli import main as cli_main
 from tests.conftest import LogOutput
 
@@ -893,7 +894,7 @@ async def serve(app: Any, server: FakeServer, method: str = "GET", path: str = "
 @pytest.fixture
 def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     # The watch starts after one to two ticks; short ticks keep these tests short.
-    monkeypatch.setattr(reqlog.middleware, "WATCH_INTERVAL_S", 0.01)
+    monkeypatch.setattr(reqlog._lifecycle, "WATCH_INTERVAL_S", 0.01)
 
 
 @pytest.mark.usefixtures("fast_watch")
@@ -963,7 +964,7 @@ async def test_read_ahead_holds_a_bounded_part_of_the_body(log_output: LogOutput
         await asyncio.sleep(0.01)
     for _ in range(20):  # the read-ahead stops at its limit, however long it runs
         await asyncio.sleep(0.01)
-    assert server.calls <= reqlog.middleware.READ_AHEAD_BYTES // len(chunk) + 2
+    assert server.calls <= reqlog._lifecycle.READ_AHEAD_BYTES // len(chunk) + 2
     release.set()
     await asyncio.wait_for(request, 10)
     assert orjson.loads(server.sent[1]["body"]) == {"size": 64 * len(chunk)}

@@ -1,4 +1,4 @@
-"""reqlog/_starlette.py reads Starlette's insides: these fail loudly when Starlette changes them."""
+"""reqlog/_foreign.py reads other projects' insides: these fail loudly when one changes them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reqlog import _starlette
+from reqlog import _foreign
 
 
 def send_mail(to: str) -> None:
@@ -36,13 +36,13 @@ async def test_background_task_name_is_found_in_the_traceback(
     tasks = BackgroundTasks([BackgroundTask(lambda: None), task])
     with pytest.raises(Exception) as caught:  # noqa: PT011 - any of the tasks' exceptions
         await tasks()
-    assert _starlette.background_task_name(caught.value.__traceback__) == name
+    assert _foreign.background_task_name(caught.value.__traceback__) == name
 
 
 def test_no_task_no_name() -> None:
     with pytest.raises(ValueError, match="not in a task") as caught:
         raise ValueError("not in a task")
-    assert _starlette.background_task_name(caught.value.__traceback__) is None
+    assert _foreign.background_task_name(caught.value.__traceback__) is None
 
 
 class Probe:
@@ -53,7 +53,7 @@ class Probe:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         # One frame up is this __init__'s caller: the code that created the middleware.
-        Probe.seen.append(_starlette.building_lazily(1))
+        Probe.seen.append(_foreign.building_lazily(1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
