@@ -1,35 +1,39 @@
-"""Every option's validation, once: configure()'s (and ``REQLOG_*``), default_processors()'s.
+"""Every option's validation, once: configure()'s, default_processors()'s, the middleware's.
 
 :func:`configure_options` turns configure()'s arguments, or the ``REQLOG_<OPTION>``
-environment variables where an argument was not passed, into an immutable :class:`Options`,
-or raises ``ValueError`` naming the option (and the variable it came from). Nothing is built
-or opened here; ``reqlog._pipeline`` and ``reqlog._configure`` build from the result. The
-options that build an object which checks its own arguments (``StatusLevels``,
-``SlowRequests``, ``Redactor``, sinks from ``output=``) are validated by that object, called
-from here or, for sinks, when they are opened.
+environment variables where an argument was not passed, into an immutable :class:`Options`;
+:func:`middleware_options` does the same for ``RequestLoggingMiddleware``'s. Both raise
+``ValueError`` naming the option (and the variable it came from). Nothing is opened here:
+``reqlog._configure`` and the middleware build from the result. The options that make an
+object which checks its own arguments (``StatusLevels``, ``SlowRequests``, ``Redactor``, the
+trusted proxies, body capture) are validated by that object, made here; sinks from
+``output=`` are checked when they are opened.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 from structlog.typing import Processor
 
-from reqlog import output, schemas
+from reqlog import _proxies, bodies, output, schemas
 from reqlog._state import STATE
 from reqlog.processors import Redactor, SlowRequests, StatusLevels, parse_level, sample_rate_value
 
 __all__ = [
     "FORMATS",
     "UNSET",
+    "MiddlewareOptions",
     "Options",
     "OutputOptions",
     "configure_options",
     "format_option",
+    "middleware_options",
     "processors_option",
     "redact_option",
     "schema_option",
@@ -367,3 +371,94 @@ def _otlp_timeout(value: Any, option: str) -> float | None:
         msg = f"{option}: expected a number of seconds greater than 0, got {value!r}"
         raise ValueError(msg)
     return float(number)
+
+
+# --- the middleware's options ---------------------------------------------------------------------
+
+# A header name (RFC 9110's token): request_id_header must be one.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True)
+class MiddlewareOptions:
+    """RequestLoggingMiddleware's options, validated."""
+
+    request_id_header: str
+    #: The request-ID header as ASGI spells it: lower case, bytes.
+    header_key: bytes
+    validator: Callable[[str], bool] | None
+    generator: Callable[[], str]
+    #: None without trusted proxies: the client is the peer.
+    proxies: _proxies.ProxyResolver | None
+    exclude_exact: frozenset[str]
+    exclude_prefixes: tuple[str, ...]
+    #: None unless some capture is on: then the request path is exactly as without it.
+    capture: bodies.CaptureOptions | None
+    clock: Callable[[], float]
+
+
+def middleware_options(
+    *,
+    request_id_header: Any,
+    request_id_validator: Any,
+    request_id_generator: Any,
+    trusted_proxies: Any,
+    forwarded_header: Any,
+    exclude_paths: Any,
+    clock: Any,
+    log_request_body: Any,
+    log_response_body: Any,
+    body_max_bytes: Any,
+    log_headers: Any,
+    capture_paths: Any,
+) -> MiddlewareOptions:
+    """RequestLoggingMiddleware's arguments as :class:`MiddlewareOptions`, or ``ValueError``."""
+    if not isinstance(request_id_header, str) or not _TOKEN.fullmatch(request_id_header):
+        msg = f"request_id_header: not a valid header name: {request_id_header!r}"
+        raise ValueError(msg)
+    if request_id_validator is not None and not callable(request_id_validator):
+        msg = f"request_id_validator: expected a callable or None, got {request_id_validator!r}"
+        raise ValueError(msg)
+    if not callable(request_id_generator):
+        msg = f"request_id_generator: expected a callable, got {request_id_generator!r}"
+        raise ValueError(msg)
+    if not callable(clock):
+        msg = f"clock: expected a callable, got {clock!r}"
+        raise ValueError(msg)
+    resolver = _proxies.ProxyResolver(trusted_proxies, forwarded_header)
+    exact, prefixes = _paths(exclude_paths, "exclude_paths")
+    capture = bodies.CaptureOptions.create(
+        log_request_body=log_request_body,
+        log_response_body=log_response_body,
+        body_max_bytes=body_max_bytes,
+        log_headers=log_headers,
+        paths=_paths(capture_paths, "capture_paths"),
+    )
+    return MiddlewareOptions(
+        request_id_header=request_id_header,
+        header_key=request_id_header.lower().encode("latin-1"),
+        validator=request_id_validator,
+        generator=request_id_generator,
+        proxies=resolver if resolver else None,
+        exclude_exact=exact,
+        exclude_prefixes=prefixes,
+        capture=capture,
+        clock=clock,
+    )
+
+
+def _paths(values: Iterable[str], option: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Paths (``/health``) and prefixes (``/static/*``), each starting with ``/``."""
+    if isinstance(values, str):
+        values = [values]
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or not value.startswith("/"):
+            msg = f"{option}: paths start with '/', got {value!r}"
+            raise ValueError(msg)
+        if value.endswith("*"):
+            prefixes.append(value[:-1])
+        else:
+            exact.add(value)
+    return frozenset(exact), tuple(prefixes)

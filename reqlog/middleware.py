@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -14,7 +13,17 @@ from asgi_correlation_id.context import correlation_id
 from asgi_correlation_id.extensions.sentry import get_sentry_extension
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reqlog import _configure, _foreign, _lifecycle, _proxies, _state, _stdlib, bodies, context
+from reqlog import (
+    _configure,
+    _foreign,
+    _lifecycle,
+    _options,
+    _proxies,
+    _state,
+    _stdlib,
+    bodies,
+    context,
+)
 from reqlog._emit import emit_access
 from reqlog._error_response import is_cancellation, send_error_response
 from reqlog._headers import as_sent, replace_header, with_header
@@ -25,8 +34,6 @@ from reqlog._routes import route_template
 
 __all__ = ["RequestLoggingMiddleware", "is_valid_request_id"]
 
-# A header name (RFC 9110's token): request_id_header must be one.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The status logged for a request whose client left before any response started (nginx's
 # "client closed request"), and for one the server cancelled first (uvicorn and hypercorn
 # answer it with a 500 when they still can).
@@ -104,34 +111,31 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         capture_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
-        if not isinstance(request_id_header, str) or not _TOKEN.fullmatch(request_id_header):
-            msg = f"request_id_header: not a valid header name: {request_id_header!r}"
-            raise ValueError(msg)
-        if request_id_validator is not None and not callable(request_id_validator):
-            msg = f"request_id_validator: expected a callable or None, got {request_id_validator!r}"
-            raise ValueError(msg)
-        if not callable(request_id_generator):
-            msg = f"request_id_generator: expected a callable, got {request_id_generator!r}"
-            raise ValueError(msg)
-        if not callable(clock):
-            msg = f"clock: expected a callable, got {clock!r}"
-            raise ValueError(msg)
-        self.request_id_header = request_id_header
-        self._header_key = request_id_header.lower().encode("latin-1")
-        self._validator = request_id_validator
-        self._generator = request_id_generator
-        resolver = _proxies.ProxyResolver(trusted_proxies, forwarded_header)
-        self._proxies = resolver if resolver else None
-        self._exclude_exact, self._exclude_prefixes = _parse_excludes(exclude_paths)
-        # None unless some capture is on: then the request path is exactly as without it.
-        self._capture = bodies.CaptureOptions.create(
+        options = _options.middleware_options(
+            request_id_header=request_id_header,
+            request_id_validator=request_id_validator,
+            request_id_generator=request_id_generator,
+            trusted_proxies=trusted_proxies,
+            forwarded_header=forwarded_header,
+            exclude_paths=exclude_paths,
+            clock=clock,
             log_request_body=log_request_body,
             log_response_body=log_response_body,
             body_max_bytes=body_max_bytes,
             log_headers=log_headers,
-            paths=_parse_excludes(capture_paths, "capture_paths"),
+            capture_paths=capture_paths,
         )
-        self._clock = clock
+        self.request_id_header = options.request_id_header
+        self._header_key = options.header_key
+        self._validator = options.validator
+        self._generator = options.generator
+        self._proxies = options.proxies
+        self._exclude_exact, self._exclude_prefixes = (
+            options.exclude_exact,
+            options.exclude_prefixes,
+        )
+        self._capture = options.capture
+        self._clock = options.clock
         self._sentry = get_sentry_extension()
         # The requests in flight on the event loop this middleware last served (see InFlight).
         self._in_flight: InFlight | None = None
@@ -614,21 +618,3 @@ def _leave(bound: _Bound) -> None:
     correlation_id.reset(cid_token)
     context.CURRENT.reset(ctx_token)
     context.structlog_restore(snapshot)
-
-
-def _parse_excludes(
-    values: Iterable[str], option: str = "exclude_paths"
-) -> tuple[frozenset[str], tuple[str, ...]]:
-    if isinstance(values, str):
-        values = [values]
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    for value in values:
-        if not isinstance(value, str) or not value.startswith("/"):
-            msg = f"{option}: paths start with '/', got {value!r}"
-            raise ValueError(msg)
-        if value.endswith("*"):
-            prefixes.append(value[:-1])
-        else:
-            exact.add(value)
-    return frozenset(exact), tuple(prefixes)
