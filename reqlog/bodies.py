@@ -175,9 +175,17 @@ class _Body:
 class Capture:
     """One request's capture: wraps ``receive`` and ``send``, then builds the event fields.
 
-    >>> capture = Capture(options, scope)
-    >>> receive, send = capture.wrap_receive(receive), capture.wrap_send(send)
-    >>> event.update(capture.fields(report))  # once the response is done
+    >>> import asyncio
+    >>> options = CaptureOptions.create(
+    ...     log_request_body=True, log_response_body=True, body_max_bytes=64, log_headers=False
+    ... )
+    >>> capture = Capture(options, {"headers": [(b"content-type", b"application/json")]})
+    >>> async def receive():
+    ...     return {"type": "http.request", "body": b'{"sku": "A1"}', "more_body": False}
+    >>> receive = capture.wrap_receive(receive)  # and send = capture.wrap_send(send)
+    >>> message = asyncio.run(receive())  # the app reads its body through it
+    >>> capture.fields(report=print)  # once the response is done
+    {'request_bytes': 13, 'request_body': {'sku': 'A1'}}
     """
 
     __slots__ = ("options", "request", "request_headers", "response", "response_headers")

@@ -90,6 +90,8 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
     Pure ASGI: it wraps ``send`` and ``receive`` and keeps every request's state in locals, so
     streaming responses flow untouched and context variables set here are seen by the app.
 
+    >>> from fastapi import FastAPI
+    >>> app = FastAPI()
     >>> app.add_middleware(reqlog.RequestLoggingMiddleware, trusted_proxies=["10.0.0.0/8"])
     """
 

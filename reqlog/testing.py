@@ -315,8 +315,12 @@ def check_pipeline(**options: Any) -> PipelineReport:
     Returns a :class:`PipelineReport`; raises :class:`PipelineCheckError` (an
     ``AssertionError``, so a failing check reads well in pytest) listing every problem.
 
-    >>> reqlog.configure(processors=[my_processor])
-    >>> reqlog.testing.check_pipeline()
+    >>> def my_processor(logger, method_name, event_dict):
+    ...     event_dict["region"] = "eu-west-1"
+    ...     return event_dict
+    >>> reqlog.configure(processors=[my_processor], output="app.log")
+    >>> reqlog.testing.check_pipeline().ok
+    True
     """
     configured_here = bool(options)
     if configured_here:
