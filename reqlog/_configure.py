@@ -165,9 +165,10 @@ def configure(
             overflow=outputs.overflow,
             render=_emit.render_own_event,
         )
-        _emit.apply_level(options.level)
+        _emit.apply_level(options.level, pipeline.logger_methods)
         _emit.BoundLogger._proxy_to_logger = _emit.proxy_to_logger  # type: ignore[method-assign]
         STATE.processors[:] = pipeline.processors
+        STATE.access = pipeline.access
         structlog.configure(
             processors=STATE.processors,
             wrapper_class=_emit.BoundLogger,
@@ -252,6 +253,7 @@ def reset() -> None:
             STATE.otlp.close()
             STATE.otlp = None
         STATE.settings = None
+        STATE.access = None
         STATE.processors[:] = []
         _emit.apply_level(logging.INFO)
         _emit.BoundLogger._proxy_to_logger = _configure_first  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ can fuse (:mod:`reqlog._fused`); they write the same lines.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 import structlog
@@ -21,6 +22,7 @@ __all__ = [
     "OutputLogger",
     "apply_level",
     "emit_access",
+    "level_methods",
     "logger_factory",
     "proxy_to_logger",
     "render_own_event",
@@ -80,12 +82,17 @@ def proxy_to_logger(
         return None
 
 
-def apply_level(level: int) -> None:
-    """Give :class:`BoundLogger` structlog's filtering methods for ``level``."""
+def apply_level(level: int, methods: Mapping[str, Any] | None = None) -> None:
+    """Give :class:`BoundLogger` structlog's filtering methods for ``level``, and ``methods``
+    (the fused path's, ``reqlog._fused``) in place of some of them."""
+    for name, value in {**level_methods(level), **(methods or {})}.items():
+        setattr(BoundLogger, name, value)
+
+
+def level_methods(level: int) -> dict[str, Any]:
+    """structlog's filtering bound logger's methods for ``level``, by name."""
     template = structlog.make_filtering_bound_logger(level)
-    for name, value in vars(template).items():
-        if not name.startswith("__"):
-            setattr(BoundLogger, name, value)
+    return {name: value for name, value in vars(template).items() if not name.startswith("__")}
 
 
 apply_level(logging.INFO)

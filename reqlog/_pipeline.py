@@ -18,7 +18,9 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from reqlog import _render, _stdlib, context, schemas
-from reqlog._emit import render_own_event
+from reqlog._access import AccessLog
+from reqlog._emit import emit_access, level_methods, render_own_event
+from reqlog._fused import FusedChain
 from reqlog._options import Options
 from reqlog._state import STATE
 from reqlog.output import Output
@@ -152,10 +154,15 @@ def build_chain(
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What configure() installs: the chain, the standard library's handler, OTLP."""
+    """What configure() installs: the chain, the access events' way out, the bound logger's
+    fused methods, the standard library's handler, OTLP."""
 
     #: The chain for reqlog's own loggers and structlog's: events become bytes.
     processors: list[Processor]
+    #: The access events' level policy and emitter (fused when the chain allows it).
+    access: AccessLog
+    #: The bound logger's level methods that take the fused path (none: the generic one).
+    logger_methods: dict[str, Any]
     #: The root logger's handler (configure(stdlib=True)), rendering with the text chain.
     handler: logging.Handler | None
     #: reqlog.integrations.otel.OTLPEmitter, when configure(otlp=...).
@@ -188,7 +195,73 @@ def build(
     handler = None
     if options.stdlib:
         handler = _stdlib.build_handler(options.level, text_chain.head, text_chain.tail)
-    return Pipeline(processors=[*chain.head, *chain.tail], handler=handler, otlp=otlp)
+    fused = _fuse(chain, options, fmt=fmt, slow_output=slow_output, otlp=otlp)
+    return Pipeline(
+        processors=[*chain.head, *chain.tail],
+        access=AccessLog(
+            options.status_levels, options.slow, emit_access if fused is None else fused.access
+        ),
+        logger_methods={} if fused is None else fused.logger_methods(level_methods(options.level)),
+        handler=handler,
+        otlp=otlp,
+    )
+
+
+def _fuse(
+    chain: Chain, options: Options, *, fmt: str, slow_output: Output | None, otlp: Any
+) -> FusedChain | None:
+    """The fused path for ``chain``, when nothing could tell it from the generic one: JSON
+    with reqlog's names, none of the user's processors, no sampling, no slow-request output,
+    no OTLP. ``None`` otherwise."""
+    if (
+        fmt != "json"
+        or options.schema != "flat"
+        or options.processors
+        or options.sample_rate < 1.0
+        or slow_output is not None
+        or otlp is not None
+    ):
+        return None
+    head, tail = chain.head, chain.tail
+    # The chain build_chain() made for these options, step by step; checked, so that a change
+    # there cannot leave the fused path doing something else.
+    stamper, service_step, trace = head[4], None, None
+    for step in head[5:]:
+        if isinstance(step, AddStaticFields):
+            service_step = step
+        else:
+            trace = step
+    redactor = next((step for step in tail if isinstance(step, Redactor)), None)
+    expected_head = [
+        context.merge_structlog_contextvars,
+        context.merge_request_context,
+        add_logger_name,
+        structlog.processors.add_log_level,
+        stamper,
+        *([service_step] if service_step is not None else []),
+        *([trace] if trace is not None else []),
+    ]
+    expected_tail = [tail[0], *([redactor] if redactor is not None else []), capture, tail[-1]]
+    if (
+        head != expected_head
+        or tail != expected_tail
+        or not isinstance(stamper, IsoTimeStamper)
+        or not isinstance(tail[0], WhenPresent)
+        or not isinstance(tail[-1], _render.JSONRenderer)
+        or (service_step is not None and list(service_step.fields) != ["service"])
+    ):
+        msg = f"reqlog: the default chain changed without its fused path: {head + tail!r}"
+        raise AssertionError(msg)
+    return FusedChain(
+        STATE.processors,
+        min_level=options.level,
+        stamper=stamper,
+        service=options.service,
+        trace=trace,
+        redactor=redactor,
+        renderer=tail[-1],
+        rest=tail,
+    )
 
 
 # --- OpenTelemetry (reqlog.integrations.otel, imported only when asked for or installed) -----

@@ -24,6 +24,7 @@ from reqlog.output import Output, OutputStats
 if TYPE_CHECKING:
     from structlog.typing import Processor
 
+    from reqlog._access import AccessLog
     from reqlog.processors import Redactor, SlowRequests, StatusLevels
 
 __all__ = [
@@ -69,6 +70,8 @@ class State:
         self.otlp: Any = None
         #: reqlog's handler on the root logger (configure(stdlib=True)), if any.
         self.handler: logging.Handler | None = None
+        #: The access events' policy and emitter (reqlog._access.AccessLog), once configured.
+        self.access: AccessLog | None = None
         #: The processor chain shared by every reqlog and structlog logger. configure()
         #: replaces its contents in place, so loggers created before a reconfiguration follow.
         self.processors: list[Processor] = []

@@ -24,7 +24,7 @@ from reqlog import (
     bodies,
     context,
 )
-from reqlog._emit import emit_access
+from reqlog._access import AccessLog
 from reqlog._error_response import is_cancellation, send_error_response
 from reqlog._headers import as_sent, replace_header, with_header
 from reqlog._lifecycle import InFlight, ReadAhead, expects_continue, flush_at_shutdown
@@ -136,6 +136,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
             options.exclude_exact,
             options.exclude_prefixes,
         )
+        self._excludes = bool(options.exclude_exact or options.exclude_prefixes)
         self._capture = options.capture
         self._clock = options.clock
         self._sentry = get_sentry_extension()
@@ -168,136 +169,34 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         if _LOGGED in scope:
             await self._nested(scope, receive, send)
             return
-        # Everything below runs for every request: it is kept to locals and closures, with as
-        # few calls as it takes (bench/ measures it against the bare app).
+        # Everything below runs for every request: bench/ measures it against the bare app.
         start = self._clock()
         sent_scope = scope
         scope, request_id, rejected, user_agent = self._identify(scope)
         scope[_LOGGED] = True
         path = scope["path"]
-        excluded = self._excluded(path)
-        clock = self._clock
-        header_name = self._header_key
-        request_id_bytes = request_id.encode("latin-1")
-        status_code = 0
-        response_started = False
-        response_complete = False
-        response_bytes = 0
-        end: float | None = None
-        # The client was seen to go: by the app's receive() or by the read-ahead (see watch()).
-        disconnected = False
-        gone_before_start = False
-        send_failed = False
-        # The app raised: its 500 goes out through send_wrapper, request_failed is the event.
-        failing = False
-        reading = 0  # the app's receive() calls in progress
-        ahead: ReadAhead | None = None
-        app_at_entry = scope.get("app")
-        root_path_at_entry = scope.get("root_path", "")
+        excluded = self._excludes and self._excluded(path)
+        exchange = _Exchange(self, scope, receive, send, start, request_id, user_agent, excluded)
+        if rejected:
+            exchange.rejected = True
         peer = scope.get("client")
         client_ip = peer[0] if peer else None
-        forwarded: _proxies.Client | None = None
         if self._proxies is not None:
             forwarded = self._proxies.resolve(peer, scope["headers"])
             if forwarded is not None:
+                exchange.forwarded = forwarded
                 client_ip = forwarded.ip
-        capture: bodies.Capture | None = None
         if self._capture is not None and not excluded and self._capture.applies(path):
-            capture = bodies.Capture(
-                self._capture, as_sent(sent_scope, header_name, request_id_bytes)
+            capture = exchange.capture = bodies.Capture(
+                self._capture, as_sent(sent_scope, self._header_key, exchange.id_bytes)
             )
-            receive = capture.wrap_receive(receive)
-            send = capture.wrap_send(send)
-
-        async def receive_wrapper() -> Message:
-            nonlocal disconnected, reading
-            if ahead is not None:
-                message = await ahead.receive()
-            else:
-                reading += 1
-                try:
-                    message = await receive()
-                finally:
-                    reading -= 1
-            if message["type"] == "http.disconnect":
-                disconnected = True
-            return message
-
-        def watch() -> None:
-            # Called on the event loop once the request has run a while: read ahead of an app
-            # that is not reading, so that a client that leaves is seen even by an app that
-            # never calls receive(). Never while the app is inside receive() (it will see the
-            # disconnect itself), nor for a request that expects a "100 Continue" (the server
-            # would send it on our first receive(), inviting a body the app may not want).
-            nonlocal ahead
-            if (
-                ahead is None
-                and not reading
-                and not response_complete
-                and not expects_continue(scope)
-            ):
-                ahead = ReadAhead(receive)
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status_code, response_started, response_complete, response_bytes, end
-            nonlocal send_failed, gone_before_start
-            message_type = message["type"]
-            final = False
-            if message_type == "http.response.start":
-                message = with_header(message, header_name, request_id_bytes)
-                status_code = message["status"]
-                response_started = True
-                if disconnected or (ahead is not None and ahead.disconnected):
-                    gone_before_start = True
-            elif message_type == "http.response.body":
-                final = not message.get("more_body", False)
-            elif message_type == "http.response.pathsend":
-                final = True
-            if final and ahead is not None:
-                await ahead.settle()
-            try:
-                await send(message)
-            except OSError:
-                send_failed = True
-                raise
-            if message_type == "http.response.body":
-                response_bytes += len(message.get("body", b""))
-            if final:
-                # The access event belongs to the response: it is written now, with the time
-                # of the last byte, before any background task the app runs after it.
-                response_complete = True
-                end = clock()
-                if not (excluded or failing):
-                    if disconnected or (ahead is not None and ahead.disconnected):
-                        self._disconnected(access_fields(), not gone_before_start)
-                    else:
-                        self._completed(access_fields())
-
-        def access_fields() -> dict[str, Any]:
-            finished = end if end is not None else clock()
-            fields = {
-                "method": scope["method"],
-                "path": path,
-                "route": route_template(scope, root_path_at_entry, app_at_entry or self.app),
-                "query": scope["query_string"].decode("latin-1"),
-                "status_code": status_code,
-                "duration_ms": round((finished - start) * 1000.0, 3),
-                "user_agent": user_agent,
-                "http_version": scope.get("http_version"),
-                "response_bytes": response_bytes,
-            }
-            if forwarded is not None:
-                _add_forwarded(fields, forwarded)
-            if rejected:
-                fields["request_id_rejected"] = True
-            if capture is not None:
-                fields.update(capture.fields(_state.report))
-            return fields
-
+            receive = exchange.server_receive = capture.wrap_receive(receive)
+            exchange.server_send = capture.wrap_send(send)
         bound = self._enter(scope, request_id, client_ip)
         # Registered with this event loop's requests in flight: for the disconnect watch, and
         # for the wait at shutdown. Inline, it runs for every request.
         inflight: InFlight | None = None
+        watch = exchange.watch
         if not excluded:
             try:
                 loop = _get_running_loop()
@@ -311,24 +210,28 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                 if inflight.timer is None:
                     inflight.arm()
         try:
-            await self.app(scope, receive_wrapper, send_wrapper)
+            await self.app(scope, exchange.receive, exchange.send)
         except Exception as exc:
             if excluded:
                 raise
-            if response_complete:
+            if exchange.complete:
                 # After the last byte: a background task failed. The access event stands.
                 self._background_failed(exc, scope, path)
                 raise
-            gone = disconnected or (ahead is not None and ahead.disconnected)
-            if send_failed or gone:
-                self._disconnected(access_fields(), response_started and not gone_before_start)
+            gone = exchange.gone()
+            if exchange.send_failed or gone:
+                started = exchange.started and not exchange.gone_before_start
+                self._disconnected(exchange.fields(), started)
                 raise
             traceback = exc.__traceback__
-            if not response_started:
-                failing = True
-                await send_error_response(app_at_entry, exc, scope, receive, send_wrapper)
+            if not exchange.started:
+                exchange.failing = True
+                await send_error_response(exchange.app_at_entry, exc, scope, receive, exchange.send)
             self._failed(
-                exc.with_traceback(traceback), access_fields(), response_started, response_complete
+                exc.with_traceback(traceback),
+                exchange.fields(),
+                exchange.started,
+                exchange.complete,
             )
             raise
         except BaseException as exc:
@@ -336,25 +239,26 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                 # The server cancelled the request's task: at a graceful-shutdown timeout, or
                 # (some servers) when the client left.
                 _stdlib.mark_logged(exc)
-                if response_complete:
+                if exchange.complete:
                     self._background_failed(exc, scope, path)
-                elif disconnected or (ahead is not None and ahead.disconnected):
-                    self._disconnected(access_fields(), response_started and not gone_before_start)
+                elif exchange.gone():
+                    started = exchange.started and not exchange.gone_before_start
+                    self._disconnected(exchange.fields(), started)
                 else:
-                    self._cancelled(access_fields(), response_started)
+                    self._cancelled(exchange.fields(), exchange.started)
             raise
         else:
-            if excluded or response_complete:
+            if excluded or exchange.complete:
                 return
-            fields = access_fields()
-            if send_failed or disconnected or (ahead is not None and ahead.disconnected):
-                self._disconnected(fields, response_started and not gone_before_start)
+            fields = exchange.fields()
+            if exchange.send_failed or exchange.gone():
+                self._disconnected(fields, exchange.started and not exchange.gone_before_start)
                 return
             fields["response_incomplete"] = True
             self._completed(fields)
         finally:
-            if ahead is not None:
-                ahead.stop()
+            if exchange.ahead is not None:
+                exchange.ahead.stop()
             if inflight is not None:
                 requests = inflight.requests
                 requests.discard(watch)
@@ -445,16 +349,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         event: str = "request_completed",
         min_level: int = logging.NOTSET,
     ) -> None:
-        settings = _configure.settings()
-        slow = False
-        if settings.slow.enabled:
-            threshold = settings.slow.threshold(fields["route"])
-            if threshold is not None and fields["duration_ms"] >= threshold:
-                slow = True
-                fields["slow"] = True
-                fields["slow_threshold_ms"] = threshold
-        level = settings.status_levels(fields["status_code"], slow)
-        emit_access(level if level >= min_level else min_level, event, fields)
+        _access_log().completed(fields, event, min_level)
 
     def _disconnected(self, fields: dict[str, Any], started: bool) -> None:
         if not started:
@@ -482,8 +377,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         fields["error_type"] = type(exc).__qualname__
         fields["error_message"] = str(exc)
         fields["exc_info"] = exc
-        _configure.ensure_configured()
-        emit_access(logging.ERROR, "request_failed", fields)
+        _access_log().emit(logging.ERROR, "request_failed", fields)
 
     def _background_failed(self, exc: BaseException, scope: Scope, path: str) -> None:
         """A background task (run by the app after the last byte) raised or was cancelled."""
@@ -590,11 +484,186 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                     fields["error_type"] = type(error).__qualname__
                     fields["error_message"] = str(error)
                     fields["exc_info"] = error
-                    _configure.ensure_configured()
-                    emit_access(logging.ERROR, "websocket_failed", fields)
+                    _access_log().emit(logging.ERROR, "websocket_failed", fields)
                 else:
-                    _configure.ensure_configured()
-                    emit_access(logging.INFO, "websocket_closed", fields)
+                    _access_log().emit(logging.INFO, "websocket_closed", fields)
+
+
+class _Exchange:
+    """One HTTP request as the middleware sees it: its state, and the ``receive`` and
+    ``send`` the app is given (this object's bound methods).
+
+    Starlette's ``gzip.py`` keeps a response's state the same way: one small object instead of
+    closures sharing a dozen ``nonlocal`` variables.
+    """
+
+    __slots__ = (
+        "ahead",
+        "app_at_entry",
+        "capture",
+        "complete",
+        "disconnected",
+        "end",
+        "excluded",
+        "failing",
+        "forwarded",
+        "gone_before_start",
+        "id_bytes",
+        "middleware",
+        "path",
+        "reading",
+        "rejected",
+        "root_path_at_entry",
+        "scope",
+        "send_failed",
+        "sent",
+        "server_receive",
+        "server_send",
+        "start",
+        "started",
+        "status",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        middleware: RequestLoggingMiddleware,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        start: float,
+        request_id: str,
+        user_agent: str | None,
+        excluded: bool,
+    ) -> None:
+        self.middleware = middleware
+        self.scope = scope
+        self.server_receive = receive
+        self.server_send = send
+        self.start = start
+        self.id_bytes = request_id.encode("latin-1")
+        self.user_agent = user_agent
+        self.excluded = excluded
+        self.path = scope["path"]
+        self.app_at_entry = scope.get("app")
+        self.root_path_at_entry = scope.get("root_path", "")
+        self.rejected = False
+        self.forwarded: _proxies.Client | None = None
+        self.capture: bodies.Capture | None = None
+        self.status = 0
+        self.sent = 0
+        self.started = False
+        self.complete = False
+        self.end: float | None = None
+        # The client was seen to go: by the app's receive() or by the read-ahead (watch()).
+        self.disconnected = False
+        self.gone_before_start = False
+        self.send_failed = False
+        # The app raised: its 500 goes out through send(), request_failed is the event.
+        self.failing = False
+        self.reading = 0  # the app's receive() calls in progress
+        self.ahead: ReadAhead | None = None
+
+    def gone(self) -> bool:
+        """Whether the client was seen to leave (by the app, or by the read-ahead)."""
+        return self.disconnected or (self.ahead is not None and self.ahead.disconnected)
+
+    async def receive(self) -> Message:
+        ahead = self.ahead
+        if ahead is not None:
+            message = await ahead.receive()
+        else:
+            self.reading += 1
+            try:
+                message = await self.server_receive()
+            finally:
+                self.reading -= 1
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        return message
+
+    def watch(self) -> None:
+        """Called on the event loop once the request has run a while: read ahead of an app
+        that is not reading, so that a client that leaves is seen even by an app that never
+        calls receive(). Never while the app is inside receive() (it will see the disconnect
+        itself), nor for a request that expects a "100 Continue" (the server would send it on
+        our first receive(), inviting a body the app may not want)."""
+        if (
+            self.ahead is None
+            and not self.reading
+            and not self.complete
+            and not expects_continue(self.scope)
+        ):
+            self.ahead = ReadAhead(self.server_receive)
+
+    async def send(self, message: Message) -> None:
+        message_type = message["type"]
+        final = False
+        if message_type == "http.response.start":
+            message = with_header(message, self.middleware._header_key, self.id_bytes)
+            self.status = message["status"]
+            self.started = True
+            if self.gone():
+                self.gone_before_start = True
+        elif message_type == "http.response.body":
+            final = not message.get("more_body", False)
+        elif message_type == "http.response.pathsend":
+            final = True
+        if final and self.ahead is not None:
+            await self.ahead.settle()
+        try:
+            await self.server_send(message)
+        except OSError:
+            self.send_failed = True
+            raise
+        if message_type == "http.response.body":
+            self.sent += len(message.get("body", b""))
+        if final:
+            # The access event belongs to the response: it is written now, with the time of
+            # the last byte, before any background task the app runs after it.
+            self.complete = True
+            self.end = self.middleware._clock()
+            if not (self.excluded or self.failing):
+                if self.gone():
+                    self.middleware._disconnected(self.fields(), not self.gone_before_start)
+                else:
+                    self.middleware._completed(self.fields())
+
+    def fields(self) -> dict[str, Any]:
+        """The access event's fields, as the request stands."""
+        middleware = self.middleware
+        end = self.end if self.end is not None else middleware._clock()
+        scope = self.scope
+        fields = {
+            "method": scope["method"],
+            "path": self.path,
+            "route": route_template(
+                scope, self.root_path_at_entry, self.app_at_entry or middleware.app
+            ),
+            "query": scope["query_string"].decode("latin-1"),
+            "status_code": self.status,
+            "duration_ms": round((end - self.start) * 1000.0, 3),
+            "user_agent": self.user_agent,
+            "http_version": scope.get("http_version"),
+            "response_bytes": self.sent,
+        }
+        if self.forwarded is not None:
+            _add_forwarded(fields, self.forwarded)
+        if self.rejected:
+            fields["request_id_rejected"] = True
+        if self.capture is not None:
+            fields.update(self.capture.fields(_state.report))
+        return fields
+
+
+def _access_log() -> AccessLog:
+    """The access events' policy and emitter (the defaults configured now, if nothing was)."""
+    access = _state.STATE.access
+    if access is None:
+        _configure.ensure_configured()
+        access = _state.STATE.access
+        assert access is not None
+    return access
 
 
 def _add_forwarded(fields: dict[str, Any], client: _proxies.Client) -> None:

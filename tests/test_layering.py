@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "reqlog._render": 1,
     "reqlog._routes": 1,
     "reqlog.bodies": 1,
+    "reqlog._access": 1,
     # leaves: nothing of reqlog
     "reqlog.output": 0,
     "reqlog.processors": 0,

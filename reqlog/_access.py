@@ -1,0 +1,58 @@
+"""The access event's policy: its level from the status and slowness, then its way out.
+
+configure() builds one :class:`AccessLog` (``reqlog._pipeline``) and the middleware hands it
+every access event's fields. The policy is decided once: with a status table and no
+slow-request threshold, the level is one lookup; the emitter is the fused path for reqlog's
+default chain (``reqlog._fused``) or the generic one (``reqlog._emit.emit_access``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from reqlog.processors import SlowRequests, StatusLevels
+
+__all__ = ["AccessLog", "Emit"]
+
+#: (level, event name, fields) -> None: writes one access event.
+Emit = Callable[[int, str, dict[str, Any]], None]
+
+_ERROR: Final = logging.ERROR
+_WARNING: Final = logging.WARNING
+
+
+class AccessLog:
+    """Levels and emits access events; one per configure()."""
+
+    __slots__ = ("emit", "levels", "slow", "table")
+
+    def __init__(self, levels: StatusLevels, slow: SlowRequests, emit: Emit) -> None:
+        #: Writes an event at a level already decided (``request_failed``, websockets).
+        self.emit = emit
+        self.levels = levels
+        self.table = levels.table()
+        self.slow = slow if slow.enabled else None
+
+    def completed(
+        self, fields: dict[str, Any], event: str = "request_completed", min_level: int = 0
+    ) -> None:
+        """An HTTP request's event: marked slow past its threshold, levelled by its status
+        (and slowness), at ``min_level`` at least."""
+        slow = False
+        if self.slow is not None:
+            threshold = self.slow.threshold(fields["route"])
+            if threshold is not None and fields["duration_ms"] >= threshold:
+                slow = True
+                fields["slow"] = True
+                fields["slow_threshold_ms"] = threshold
+        table = self.table
+        if table is None:
+            level = self.levels(fields["status_code"], slow)
+        else:
+            # StatusLevels.__call__ for a table, inline: the common case costs one lookup.
+            level = table.get(fields["status_code"], _ERROR)
+            if slow and level < _WARNING:
+                level = _WARNING
+        self.emit(level if level >= min_level else min_level, event, fields)

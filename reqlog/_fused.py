@@ -1,0 +1,214 @@
+"""The fused path: reqlog's default JSON chain as one call, for access events and app events.
+
+The generic path (``reqlog._emit``) runs an event through the list of processors, one call
+each, behind structlog's bound-logger layers: for the events every request logs, those layers
+and calls cost more than the work. When configure() built the default chain and nothing could
+tell the difference (JSON with reqlog's flat names, no user processor, no sampling, no
+slow-request output, no OTLP), it installs :class:`FusedChain` instead: the same steps in the
+same order, inline where a step is one assignment, through the chain's own objects (the time
+stamper, the Redactor, the renderer) for the rest. Where an event is not the common case it
+hands over to the generic processors at that very step: structlog's context variables are
+merged by structlog's own processor, an event with ``exc_info`` or ``stack_info`` runs the
+rest of the chain as it is, and while a test captures events (``reqlog.testing``,
+``structlog.testing.capture_logs``) or a logger was built with other processors or another
+wrapped logger, the generic path runs whole.
+
+So the line written is the generic chain's, byte for byte, and a user processor or schema,
+which makes the chain ineligible, sees exactly what it always saw. tests/test_fused.py drives
+arbitrary events through both and compares the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import structlog
+from structlog.typing import Processor
+
+from reqlog import context
+from reqlog._emit import ACCESS_LOGGER, OutputLogger, emit_access
+from reqlog._foreign import STRUCTLOG_CONTEXT_VARS
+from reqlog._state import STATE
+from reqlog.processors import IsoTimeStamper, Redactor
+
+__all__ = ["FusedChain"]
+
+_METHOD_NAMES: Final = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+#: structlog's ``map_method_name``: what ``add_log_level`` writes for a method name.
+_LEVEL_NAMES: Final = {"warn": "warning", "exception": "error"}
+#: The wrapped logger's methods that hand a line on as important (the last a full queue drops).
+_IMPORTANT: Final = frozenset(
+    {"warning", "warn", "error", "critical", "exception", "fatal", "failure"}
+)
+_ACCESS: Final = OutputLogger(ACCESS_LOGGER)
+_CURRENT = context.CURRENT
+_merge_structlog = context.merge_structlog_contextvars
+_DropEvent = structlog.DropEvent
+_LogRecord = logging.LogRecord
+
+
+class FusedChain:
+    """reqlog's default chain (``processors``, as ``reqlog._pipeline`` built it) in one call.
+
+    ``stamper``, ``service``, ``trace``, ``redactor`` and ``renderer`` are the chain's own
+    steps (the time stamper, the static service field, OpenTelemetry's trace context, the
+    Redactor, the JSON renderer); ``rest`` is where the chain goes on for an event with an
+    exception or a stack to render.
+    """
+
+    __slots__ = (
+        "min_level",
+        "processors",
+        "redactor",
+        "renderer",
+        "rest",
+        "service",
+        "stamp",
+        "trace",
+    )
+
+    def __init__(
+        self,
+        processors: list[Processor],
+        *,
+        min_level: int,
+        stamper: IsoTimeStamper,
+        service: str | None,
+        trace: Processor | None,
+        redactor: Redactor | None,
+        renderer: Processor,
+        rest: Sequence[Processor],
+    ) -> None:
+        self.processors = processors
+        self.min_level = min_level
+        self.stamp = stamper.stamp
+        self.service = service
+        self.trace = trace
+        self.redactor = redactor
+        self.renderer = renderer
+        self.rest = tuple(rest)
+
+    def _generic(self) -> bool:
+        """Whether the generic path must run whole: a test captures events, or the chain in
+        ``STATE`` is not the one this was built for (structlog's ``capture_logs``)."""
+        processors = self.processors
+        return bool(STATE.captures) or not processors or processors[-1] is not self.renderer
+
+    def _line(self, logger: OutputLogger, method: str, event_dict: Any) -> Any:
+        """The chain from the request's context on (``merge_request_context``): the line."""
+        ctx = _CURRENT.get()
+        if ctx is not None:
+            if ctx.user_pending:
+                ctx.resolve_user()
+            event_dict = {**ctx.fields, **event_dict}
+        record = event_dict.get("_record")
+        event_dict["logger"] = record.name if isinstance(record, _LogRecord) else logger.name
+        event_dict["level"] = _LEVEL_NAMES.get(method, method)
+        event_dict["timestamp"] = self.stamp()
+        service = self.service
+        if service is not None and "service" not in event_dict:
+            event_dict["service"] = service
+        if self.trace is not None:
+            event_dict = self.trace(logger, method, event_dict)
+        if "stack_info" in event_dict or "exc_info" in event_dict:
+            result: Any = event_dict
+            for processor in self.rest:
+                result = processor(logger, method, result)
+            return result
+        if self.redactor is not None:
+            event_dict = self.redactor(logger, method, event_dict)
+        return self.renderer(logger, method, event_dict)
+
+    # -- the access event ----------------------------------------------------------------------
+
+    def access(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        """What ``reqlog._emit.emit_access`` does, in one call."""
+        if level < self.min_level:
+            return
+        if self._generic():
+            emit_access(level, event, fields)
+            return
+        method = _METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+        fields["event"] = event
+        try:
+            event_dict: Any = fields
+            if STRUCTLOG_CONTEXT_VARS:
+                event_dict = _merge_structlog(_ACCESS, method, event_dict)
+            line = self._line(_ACCESS, method, event_dict)
+        except _DropEvent:
+            return
+        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+            STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
+            return
+        if method in _IMPORTANT:
+            STATE.output.write(line, logging.WARNING)
+        else:
+            STATE.output.write(line)
+
+    # -- app events: the bound logger's methods --------------------------------------------------
+
+    def logger_methods(self, templates: Mapping[str, Callable[..., Any]]) -> dict[str, Any]:
+        """Fused versions of the bound logger's enabled level methods (structlog's filtering
+        methods in ``templates``; a level below the minimum keeps structlog's no-op)."""
+        methods: dict[str, Any] = {}
+        for name in ("debug", "info", "warning", "error", "critical"):
+            if templates[name].__name__ == name:  # enabled: structlog's meth, not its _nop
+                methods[name] = self._method(name)
+        for alias, name in (("warn", "warning"), ("fatal", "critical"), ("msg", "info")):
+            if name in methods:
+                methods[alias] = methods[name]
+        return methods
+
+    def _method(self, method_name: str) -> Callable[..., Any]:
+        fused = self
+        important = method_name in _IMPORTANT
+
+        def method(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
+            if args:
+                event = _interpolate(event, args)
+            logger = self._logger
+            if (
+                fused._generic()
+                or self._processors is not fused.processors
+                or type(logger) is not OutputLogger
+            ):
+                return self._proxy_to_logger(method_name, event, **kw)
+            try:
+                # structlog's BoundLoggerBase._process_event, then the chain.
+                event_dict: Any = self._context.copy()
+                event_dict.update(kw)
+                if event is not None:
+                    event_dict["event"] = event
+                if STRUCTLOG_CONTEXT_VARS:
+                    event_dict = _merge_structlog(logger, method_name, event_dict)
+                line = fused._line(logger, method_name, event_dict)
+            except _DropEvent:
+                return None
+            except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+                STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
+                return None
+            if important:
+                STATE.output.write(line, logging.WARNING)
+            else:
+                STATE.output.write(line)
+            return None
+
+        method.__name__ = method_name
+        method.__qualname__ = f"BoundLogger.{method_name}"
+        return method
+
+
+def _interpolate(event: Any, args: tuple[Any, ...]) -> Any:
+    """``event % args`` as structlog's filtering logger does it (its ``_maybe_interpolate``):
+    a single non-empty mapping is used for ``%(name)s`` placeholders."""
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        return event % args[0]
+    return event % args
