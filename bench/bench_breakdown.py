@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -77,8 +76,9 @@ class Recorded:
     """What one real request handed to each part, kept to call the parts again in isolation."""
 
     def __init__(self, app: Any) -> None:
-        from reqlog import context, middleware
+        from reqlog import _emit, context
         from reqlog._logger import get_logger
+        from reqlog._state import STATE
         from reqlog.middleware import RequestLoggingMiddleware
 
         self.app = app
@@ -97,15 +97,16 @@ class Recorded:
             await inner_app(scope, receive, send)
             self.routed_scope = scope
 
-        emit = middleware.emit_access  # type: ignore[attr-defined]
-
         def keep_access(level: int, event: str, fields: dict[str, Any]) -> None:
             self.access = dict(fields)
             self.context = context.CURRENT.get()
             with self._recording_chain():
-                emit(level, event, fields)
+                _emit.emit_access(level, event, fields)
 
-        with _patched(layer, "app", keep_scope), _patched(middleware, "emit_access", keep_access):
+        # The generic chain, one processor at a time (the fused path runs them inline).
+        assert STATE.access is not None
+        recording = _access_log(STATE.access, keep_access)
+        with _patched(layer, "app", keep_scope), _patched(STATE, "access", recording):
             asyncio.run(_drive(app, 1))
         self.access_chain = self.chain_inputs
         self.chain_inputs = []
@@ -136,6 +137,20 @@ class Recorded:
             yield
         finally:
             STATE.processors[:] = chain
+
+
+def _access_log(configured: Any, emit: Any, request: Any = None) -> Any:
+    """An AccessLog levelling as ``configured`` does, emitting through ``emit`` (and
+    ``request``, the one-call path, when given)."""
+    from reqlog._access import AccessLog
+
+    return AccessLog(configured.levels, configured.slow or _no_slowness(), emit, request)
+
+
+def _no_slowness() -> Any:
+    from reqlog.processors import SlowRequests
+
+    return SlowRequests(None, None)
 
 
 @dataclass(frozen=True)
@@ -180,7 +195,7 @@ def _capture_apps() -> dict[str, Any]:
 
 def _stretches(recorded: Recorded) -> list[Stretch]:
     import reqlog
-    from reqlog import _emit, middleware
+    from reqlog import _emit
     from reqlog._routes import route_template
     from reqlog._state import STATE
     from reqlog.middleware import _leave
@@ -205,35 +220,32 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
 
         return serve
 
-    no_event = (middleware, "emit_access", _noop)
-    fixed_id = (mw, "_identify", lambda scope: (scope, request_id, False, "bench/1.0"))
-    no_context = [(mw, "_enter", _noop), (middleware, "_leave", _noop)]
+    configured = STATE.access
+    assert configured is not None
+    silent = _access_log(configured, _noop, _noop)  # levels the event, writes nothing
+    no_event = (STATE, "access", silent)
+    fixed_id = (mw, "_generator", lambda: request_id)
+    fields = {k: v for k, v in access.items() if k not in ("request_id", "client_ip", "event")}
 
     def policy(n: int) -> None:
-        with _patched(middleware, "emit_access", _noop):
+        with _patched(STATE, "access", silent):
             for _ in range(n):
-                mw._completed(dict(access))
+                mw._completed(dict(fields))
 
     stretches = [
         Stretch("bare", "the bare app", REQUESTS, requests(bare_app)),
         Stretch("reqlog", "reqlog defaults", REQUESTS, requests(recorded.app)),
         Stretch(
             "no_event",
-            "reqlog, access event off (`emit_access` a no-op)",
+            "reqlog, access event off (levelled, not written)",
             REQUESTS,
             requests(recorded.app, no_event),
         ),
         Stretch(
             "no_event_no_id",
-            "... and the inbound scope passed on with a fixed ID (`_identify` a constant)",
+            "... and a fixed request ID (`_generator` a constant)",
             REQUESTS,
             requests(recorded.app, no_event, fixed_id),
-        ),
-        Stretch(
-            "no_event_no_context",
-            "... and no context entered (`_enter`, `_leave` no-ops)",
-            REQUESTS,
-            requests(recorded.app, no_event, *no_context),
         ),
         *(
             Stretch(f"capture:{option}", f"reqlog with `{option}=True`", REQUESTS, requests(app))
@@ -241,9 +253,9 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         ),
         _isolated(
             "identify",
-            "request ID and scope copy (`RequestLoggingMiddleware._identify`)",
-            lambda: mw._identify(scope),
-            lambda: _noop(scope),
+            "a new request ID (`RequestLoggingMiddleware._generator`)",
+            mw._generator,
+            _noop,
         ),
         _isolated(
             "context",
@@ -267,9 +279,9 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         ),
         _isolated(
             "emit",
-            "access event, whole (`_emit.emit_access`, writer hand-off included)",
-            lambda: _emit.emit_access(logging.INFO, "request_completed", dict(access)),
-            lambda: _noop(logging.INFO, "request_completed", dict(access)),
+            "access event, whole (`AccessLog.request`, the fused path, hand-off included)",
+            lambda: configured.request(*fields.values()),
+            lambda: _noop(*fields.values()),
         ),
         _isolated(
             "handoff",
@@ -278,7 +290,9 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
             lambda: _noop(line),
         ),
     ]
-    for prefix, chain in (("access", recorded.access_chain), ("app", recorded.app_chain)):
+    # The default chain's processors one by one (the fused path calls the same objects for the
+    # time stamp, redaction and rendering, and does the one-key steps inline).
+    for prefix, chain in (("app", recorded.app_chain),):
         for index, (processor, event_dict) in enumerate(chain):
 
             def unit(p: Any = processor, e: Any = event_dict) -> Any:
@@ -375,12 +389,13 @@ def section(results: dict[str, Any]) -> list[str]:
     middleware = cost("no_event") - cost("bare")
     event = cost("reqlog") - cost("no_event")
     request_id = cost("no_event") - cost("no_event_no_id")
-    context = cost("no_event") - cost("no_event_no_context")
+    context = cost("context")
     rows: list[tuple[str, float, str]] = [
         ("**reqlog's overhead over the bare app**", overhead, "in place"),
         ("**the middleware** (the access event off)", middleware, "in place"),
         (
-            "&nbsp;&nbsp;request ID: header scan, validation or a new ID, scope copy",
+            "&nbsp;&nbsp;request ID: making a new one (the header scan and the scope copy are "
+            "in the rest)",
             request_id,
             f"in place; alone {_k(cost('identify'))}",
         ),
@@ -388,19 +403,23 @@ def section(results: dict[str, Any]) -> list[str]:
             "&nbsp;&nbsp;context: RequestContext, structlog snapshot, 2 context variables, "
             "Sentry hook; enter and leave",
             context,
-            f"in place; alone {_k(cost('context'))}",
+            "alone",
         ),
         ("&nbsp;&nbsp;route template", cost("route"), "alone"),
         ("&nbsp;&nbsp;level and slowness policy", cost("policy"), "alone"),
         (
-            "&nbsp;&nbsp;the rest: coroutine, 3 closures, send/receive wrappers, ID echo, "
-            "fields dict, clock",
+            "&nbsp;&nbsp;the rest: coroutine, header scan, scope copy, the responder object and "
+            "its receive/send, ID echo, clock",
             middleware - request_id - context - cost("route") - cost("policy"),
             "by difference",
         ),
-        ("**the access event** (`emit_access`)", event, f"in place; alone {_k(cost('emit'))}"),
+        (
+            "**the access event** (fused: `AccessLog.request`)",
+            event,
+            f"in place; alone {_k(cost('emit'))}",
+        ),
+        ("&nbsp;&nbsp;writer hand-off (`Output.write`, writer thread)", cost("handoff"), "alone"),
     ]
-    rows += _chain_rows(parts, "access", event, cost("handoff"))
     lines += [
         "| part | instructions/request | share of the overhead | measured |",
         "|---|---:|---:|---|",
@@ -438,14 +457,11 @@ def _chain_rows(
     rows = []
     for name, part in parts.items():
         if name.startswith(f"{prefix}:"):
-            rows.append((f"&nbsp;&nbsp;processor `{part['what']}`", part["instructions"], "alone"))
+            what = f"&nbsp;&nbsp;processor `{part['what']}` (as a generic step)"
+            rows.append((what, part["instructions"], "alone"))
     rows.append(("&nbsp;&nbsp;writer hand-off (`Output.write`, writer thread)", handoff, "alone"))
     rest = whole - sum(value for _, value, _ in rows)
-    label = (
-        "emit_access's own work, and what the parts alone miss"
-        if prefix == "access"
-        else "structlog's bound logger (`_proxy_to_logger`, context copy), the rest"
-    )
+    label = "the fused method's own work (context copy and merge, one-key steps inline), the rest"
     rows.append((f"&nbsp;&nbsp;{label}", rest, "by difference"))
     return rows
 

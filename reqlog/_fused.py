@@ -49,6 +49,21 @@ _IMPORTANT: Final = frozenset(
     {"warning", "warn", "error", "critical", "exception", "fatal", "failure"}
 )
 _ACCESS: Final = OutputLogger(ACCESS_LOGGER)
+_RID: Final = "request_id"
+_IP: Final = "client_ip"
+#: The common request's event, key by key: the request context's two fields, the
+#: middleware's nine, then what the chain's head adds.
+#: The types of the common request's values that are not reqlog's own doing (request ID,
+#: client IP, method, path, status, duration, HTTP version) when all of them are flat.
+_FLAT_REQUEST: Final = frozenset(
+    (str, ip, str, str, int, float, version)
+    for ip in (str, type(None))
+    for version in (str, type(None))
+)
+_REQUEST_KEYS: Final = (
+    *(_RID, _IP, "method", "path", "route", "query", "status_code", "duration_ms"),
+    *("user_agent", "http_version", "response_bytes", "event", "logger", "level", "timestamp"),
+)
 _CURRENT = context.CURRENT
 _merge_structlog = context.merge_structlog_contextvars
 _DropEvent = structlog.DropEvent
@@ -69,10 +84,14 @@ class FusedChain:
         "processors",
         "redactor",
         "renderer",
+        "request_keys",
+        "request_plan",
+        "request_size",
         "rest",
         "service",
         "stamp",
         "trace",
+        "trace_guard",
     )
 
     def __init__(
@@ -83,6 +102,7 @@ class FusedChain:
         stamper: IsoTimeStamper,
         service: str | None,
         trace: Processor | None,
+        trace_guard: Callable[[], Any] | None,
         redactor: Redactor | None,
         renderer: Processor,
         rest: Sequence[Processor],
@@ -92,9 +112,15 @@ class FusedChain:
         self.stamp = stamper.stamp
         self.service = service
         self.trace = trace
+        # Cheaper than ``trace`` and false whenever it would add nothing (an empty context).
+        self.trace_guard = trace_guard
         self.redactor = redactor
         self.renderer = renderer
         self.rest = tuple(rest)
+        # The common request's event, key by key (request()), and what the Redactor does to it.
+        self.request_keys = (*_REQUEST_KEYS, *(("service",) if service is not None else ()))
+        self.request_plan = () if redactor is None else redactor.plan(self.request_keys)
+        self.request_size = len(self.request_keys)
 
     def _generic(self) -> bool:
         """Whether the generic path must run whole: a test captures events, or the chain in
@@ -152,6 +178,133 @@ class FusedChain:
             STATE.output.write(line, logging.WARNING)
         else:
             STATE.output.write(line)
+
+    def request(
+        self,
+        level: int,
+        method: Any,
+        path: Any,
+        route: str | None,
+        query: str,
+        status: Any,
+        duration: Any,
+        user_agent: str | None,
+        http_version: Any,
+        sent: int,
+    ) -> None:
+        """The common request's ``request_completed``: what :meth:`access` writes for the
+        middleware's nine fields (in its order), the event built in its final order in one
+        go, and redacted by the Redactor's plan for that shape.
+
+        ``route``, ``query``, ``user_agent`` and ``sent`` are what the middleware makes them
+        (a string or None, a string, a string or None, an int); the other values are checked
+        here. Whatever is not the common case takes :meth:`access`: structlog's context
+        variables, a request context with more than reqlog's two fields, a value of any other
+        type than the middleware's, a test capturing events.
+        """
+        if level < self.min_level:
+            return
+        ctx = _CURRENT.get()
+        processors = self.processors
+        if (
+            ctx is None
+            or STRUCTLOG_CONTEXT_VARS
+            or STATE.captures
+            or not processors
+            or processors[-1] is not self.renderer
+        ):
+            self._request_fields(level, method, path, route, query, status, duration,
+                                 user_agent, http_version, sent)  # fmt: skip
+            return
+        if ctx.user_pending:
+            ctx.resolve_user()
+        ctx_fields = ctx.fields
+        if len(ctx_fields) != 2:
+            self._request_fields(level, method, path, route, query, status, duration,
+                                 user_agent, http_version, sent)  # fmt: skip
+            return
+        (rid_key, rid), (ip_key, ip) = ctx_fields.items()
+        if (
+            rid_key != _RID
+            or ip_key != _IP
+            or (type(rid), type(ip), type(method), type(path), type(status), type(duration),
+                type(http_version)) not in _FLAT_REQUEST
+        ):  # fmt: skip
+            self._request_fields(level, method, path, route, query, status, duration,
+                                 user_agent, http_version, sent)  # fmt: skip
+            return
+        name = _METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+        try:
+            event_dict: Any = {
+                _RID: rid,
+                _IP: ip,
+                "method": method,
+                "path": path,
+                "route": route,
+                "query": query,
+                "status_code": status,
+                "duration_ms": duration,
+                "user_agent": user_agent,
+                "http_version": http_version,
+                "response_bytes": sent,
+                "event": "request_completed",
+                "logger": ACCESS_LOGGER,
+                "level": name,
+                "timestamp": self.stamp(),
+            }
+            if self.service is not None:
+                event_dict["service"] = self.service
+            if self.trace_guard is not None and self.trace_guard():
+                assert self.trace is not None
+                event_dict = self.trace(_ACCESS, name, event_dict)
+            redactor = self.redactor
+            if redactor is not None:
+                if len(event_dict) == self.request_size:
+                    # Every value flat (checked or made so), the keys request_keys: what the
+                    # Redactor does to such an event is its plan.
+                    for key, redact_value in self.request_plan:
+                        value = event_dict[key]
+                        new = redact_value(value)
+                        if new is not value:
+                            event_dict[key] = new
+                else:  # trace IDs were added
+                    event_dict = redactor(_ACCESS, name, event_dict)
+            line: Any = self.renderer(_ACCESS, name, event_dict)
+        except _DropEvent:
+            return
+        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+            STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
+            return
+        if name in _IMPORTANT:
+            STATE.output.write(line, logging.WARNING)
+        else:
+            STATE.output.write(line)
+
+    def _request_fields(
+        self,
+        level: int,
+        method: Any,
+        path: Any,
+        route: str | None,
+        query: str,
+        status: Any,
+        duration: Any,
+        user_agent: str | None,
+        http_version: Any,
+        sent: int,
+    ) -> None:
+        fields = {
+            "method": method,
+            "path": path,
+            "route": route,
+            "query": query,
+            "status_code": status,
+            "duration_ms": duration,
+            "user_agent": user_agent,
+            "http_version": http_version,
+            "response_bytes": sent,
+        }
+        self.access(level, "request_completed", fields)
 
     # -- app events: the bound logger's methods --------------------------------------------------
 

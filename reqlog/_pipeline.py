@@ -199,7 +199,10 @@ def build(
     return Pipeline(
         processors=[*chain.head, *chain.tail],
         access=AccessLog(
-            options.status_levels, options.slow, emit_access if fused is None else fused.access
+            options.status_levels,
+            options.slow,
+            emit_access if fused is None else fused.access,
+            None if fused is None else fused.request,
         ),
         logger_methods={} if fused is None else fused.logger_methods(level_methods(options.level)),
         handler=handler,
@@ -252,12 +255,18 @@ def _fuse(
     ):
         msg = f"reqlog: the default chain changed without its fused path: {head + tail!r}"
         raise AssertionError(msg)
+    trace_guard = None
+    if trace is not None:
+        from reqlog.integrations import otel
+
+        trace_guard = otel.current_context
     return FusedChain(
         STATE.processors,
         min_level=options.level,
         stamper=stamper,
         service=options.service,
         trace=trace,
+        trace_guard=trace_guard,
         redactor=redactor,
         renderer=tail[-1],
         rest=tail,

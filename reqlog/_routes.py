@@ -22,6 +22,12 @@ def route_template(scope: Scope, root_path_at_entry: str, app: Any = None) -> st
     """
     route = scope.get("route")
     root_path = scope.get("root_path", "")
+    if root_path == root_path_at_entry and route is not None and not isinstance(route, Mount):
+        # No mount crossed (most requests): what the general case below comes to.
+        template = _foreign.fastapi_route_template(scope) or getattr(route, "path_format", None)
+        if not isinstance(template, str):
+            template = getattr(route, "path", None)
+        return template if isinstance(template, str) else None
     consumed = len(root_path) - len(root_path_at_entry)
     prefix = ""
     mount: Mount | None = None

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from asgi_correlation_id.context import correlation_id
-from asgi_correlation_id.extensions.sentry import get_sentry_extension
+from asgi_correlation_id.extensions.sentry import get_sentry_extension, set_transaction_id
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reqlog import (
@@ -43,6 +43,11 @@ _STATUS_SERVER_CANCELLED = 500
 # again by a router or a mounted app) passes the request through.
 _LOGGED: Final = "reqlog.logged"
 _get_running_loop = asyncio.get_running_loop
+_CURRENT = context.CURRENT
+# structlog's context variables, one per key ever bound (see reqlog._foreign).
+_STRUCTLOG_VARS = _foreign.STRUCTLOG_CONTEXT_VARS
+_RID: Final = "request_id"
+_IP: Final = "client_ip"
 
 
 class _FailsAtStartup(type):
@@ -139,7 +144,9 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         self._excludes = bool(options.exclude_exact or options.exclude_prefixes)
         self._capture = options.capture
         self._clock = options.clock
-        self._sentry = get_sentry_extension()
+        # asgi-correlation-id's Sentry hook, when sentry-sdk is installed (else a no-op: skipped).
+        hook = get_sentry_extension()
+        self._sentry: Callable[[str], None] | None = hook if hook is set_transaction_id else None
         # The requests in flight on the event loop this middleware last served (see InFlight).
         self._in_flight: InFlight | None = None
         self._warned_nested = False
@@ -169,32 +176,52 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         if _LOGGED in scope:
             await self._nested(scope, receive, send)
             return
-        # Everything below runs for every request: bench/ measures it against the bare app.
+        # Everything below runs for every request: bench/ measures it against the bare app, and
+        # every statement here shows in the count. Rare cases are handled out of line.
         start = self._clock()
+        header_key = self._header_key
+        headers = scope["headers"]
+        inbound, seen, user_agent = self._scan(headers)
         sent_scope = scope
-        scope, request_id, rejected, user_agent = self._identify(scope)
+        if inbound is None:
+            # No ID sent: a new one, in the headers the app sees too (see _identify).
+            request_id = self._generator()
+            id_bytes = request_id.encode("latin-1")
+            scope = scope.copy()  # type: ignore[attr-defined]  # a dict, as every server makes it
+            scope["headers"] = [*headers, (header_key, id_bytes)]
+            rejected = False
+        else:
+            scope, request_id, rejected = self._identify(scope, inbound, seen)
+            id_bytes = request_id.encode("latin-1")
         scope[_LOGGED] = True
         path = scope["path"]
         excluded = self._excludes and self._excluded(path)
-        exchange = _Exchange(self, scope, receive, send, start, request_id, user_agent, excluded)
-        if rejected:
-            exchange.rejected = True
         peer = scope.get("client")
         client_ip = peer[0] if peer else None
+        exchange = _Exchange(self, scope, receive, send, start, id_bytes, user_agent, path)
+        if excluded:
+            exchange.excluded = True
+        if rejected:
+            exchange.rejected = True
         if self._proxies is not None:
-            forwarded = self._proxies.resolve(peer, scope["headers"])
+            forwarded = self._proxies.resolve(peer, headers)
             if forwarded is not None:
                 exchange.forwarded = forwarded
                 client_ip = forwarded.ip
         if self._capture is not None and not excluded and self._capture.applies(path):
             capture = exchange.capture = bodies.Capture(
-                self._capture, as_sent(sent_scope, self._header_key, exchange.id_bytes)
+                self._capture, as_sent(sent_scope, header_key, id_bytes)
             )
             receive = exchange.server_receive = capture.wrap_receive(receive)
             exchange.server_send = capture.wrap_send(send)
-        bound = self._enter(scope, request_id, client_ip)
+        # The request's context (_enter, inline): reqlog's, asgi-correlation-id's, Sentry's.
+        ctx_token = _CURRENT.set(context.RequestContext({_RID: request_id, _IP: client_ip}, scope))
+        cid_token = correlation_id.set(request_id)
+        snapshot = context.structlog_snapshot() if _STRUCTLOG_VARS else None
+        if self._sentry is not None:
+            self._sentry(request_id)
         # Registered with this event loop's requests in flight: for the disconnect watch, and
-        # for the wait at shutdown. Inline, it runs for every request.
+        # for the wait at shutdown.
         inflight: InFlight | None = None
         watch = exchange.watch
         if not excluded:
@@ -248,14 +275,8 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                     self._cancelled(exchange.fields(), exchange.started)
             raise
         else:
-            if excluded or exchange.complete:
-                return
-            fields = exchange.fields()
-            if exchange.send_failed or exchange.gone():
-                self._disconnected(fields, exchange.started and not exchange.gone_before_start)
-                return
-            fields["response_incomplete"] = True
-            self._completed(fields)
+            if not (excluded or exchange.complete):
+                self._incomplete(exchange)
         finally:
             if exchange.ahead is not None:
                 exchange.ahead.stop()
@@ -264,7 +285,20 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                 requests.discard(watch)
                 if inflight.waiter is not None and not requests:
                     inflight.waiter.set()  # the shutdown is waiting for the last one
-            _leave(bound)
+            # _leave, inline: nothing of the request stays in the context, structlog's included.
+            correlation_id.reset(cid_token)
+            _CURRENT.reset(ctx_token)
+            if _STRUCTLOG_VARS:
+                context.structlog_restore(snapshot)
+
+    def _incomplete(self, exchange: _Exchange) -> None:
+        """The app returned without finishing its response."""
+        fields = exchange.fields()
+        if exchange.send_failed or exchange.gone():
+            self._disconnected(fields, exchange.started and not exchange.gone_before_start)
+            return
+        fields["response_incomplete"] = True
+        self._completed(fields)
 
     def _enter(self, scope: Scope, request_id: str, client_ip: str | None) -> _Bound:
         """Bind the request's context: reqlog's, asgi-correlation-id's (and Sentry's) ID."""
@@ -274,12 +308,13 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
             context.CURRENT.set(ctx),
             correlation_id.set(request_id),
         )
-        self._sentry(request_id)
+        if self._sentry is not None:
+            self._sentry(request_id)
         return bound
 
-    def _identify(self, scope: Scope) -> tuple[Scope, str, bool, str | None]:
-        """The request ID, whether an inbound one was rejected, and the user agent, in one pass
-        over the headers.
+    def _identify(self, scope: Scope, inbound: bytes, seen: int) -> tuple[Scope, str, bool]:
+        """The request ID for a request that sent ``inbound`` (the last of ``seen`` request-ID
+        headers), the scope the app sees, and whether the inbound value was rejected.
 
         One rule for the app, the log and the echoed header: the last request-ID header
         counts, and the app sees exactly the ID that is logged. When the ID is new (none sent,
@@ -287,30 +322,43 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         one header in their place: a rejected or duplicate value never reaches the app.
         """
         header_key = self._header_key
+        headers = scope["headers"]
+        if len(inbound) <= MAX_ID_LENGTH:
+            candidate = inbound.decode("latin-1")
+            if self._accept_id(candidate):
+                if seen == 1:
+                    return scope, candidate, False
+                new_headers = replace_header(headers, header_key, inbound)
+                return {**scope, "headers": new_headers}, candidate, False
+        request_id = self._generator()
+        new_headers = replace_header(headers, header_key, request_id.encode("latin-1"))
+        return {**scope, "headers": new_headers}, request_id, True
+
+    def _scan(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, int, str | None]:
+        """One pass over the request's headers: the last request-ID value, how many were sent,
+        and the user agent."""
+        header_key = self._header_key
         inbound: bytes | None = None
         seen = 0
         user_agent: str | None = None
-        headers = scope["headers"]
         for name, value in headers:
             if name == header_key:
                 inbound = value
                 seen += 1
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
-        if inbound is not None and len(inbound) <= MAX_ID_LENGTH:
-            candidate = inbound.decode("latin-1")
-            if self._accept_id(candidate):
-                if seen == 1:
-                    return scope, candidate, False, user_agent
-                new_headers = replace_header(headers, header_key, inbound)
-                return {**scope, "headers": new_headers}, candidate, False, user_agent
+        return inbound, seen, user_agent
+
+    def _identify_websocket(self, scope: Scope) -> tuple[Scope, str, bool, str | None]:
+        """What ``__call__`` does for an HTTP request's ID (see :meth:`_identify`)."""
+        headers = scope["headers"]
+        inbound, seen, user_agent = self._scan(headers)
+        if inbound is not None:
+            scope, request_id, rejected = self._identify(scope, inbound, seen)
+            return scope, request_id, rejected, user_agent
         request_id = self._generator()
-        value = request_id.encode("latin-1")
-        if inbound is None:
-            new_headers = [*headers, (header_key, value)]
-        else:
-            new_headers = replace_header(headers, header_key, value)
-        return {**scope, "headers": new_headers}, request_id, inbound is not None, user_agent
+        new_headers = [*headers, (self._header_key, request_id.encode("latin-1"))]
+        return {**scope, "headers": new_headers}, request_id, False, user_agent
 
     async def _settle(self) -> None:
         """At lifespan shutdown: give the requests the server just cancelled a moment to log."""
@@ -403,7 +451,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
             await self._nested(scope, receive, send)
             return
         start = self._clock()
-        scope, request_id, rejected, user_agent = self._identify(scope)
+        scope, request_id, rejected, user_agent = self._identify_websocket(scope)
         scope[_LOGGED] = True
         peer = scope.get("client")
         client_ip = peer[0] if peer else None
@@ -494,36 +542,29 @@ class _Exchange:
     ``send`` the app is given (this object's bound methods).
 
     Starlette's ``gzip.py`` keeps a response's state the same way: one small object instead of
-    closures sharing a dozen ``nonlocal`` variables.
+    closures sharing a dozen ``nonlocal`` variables. What most requests never change is a
+    class attribute, so that a request sets only what is its own.
     """
 
-    __slots__ = (
-        "ahead",
-        "app_at_entry",
-        "capture",
-        "complete",
-        "disconnected",
-        "end",
-        "excluded",
-        "failing",
-        "forwarded",
-        "gone_before_start",
-        "id_bytes",
-        "middleware",
-        "path",
-        "reading",
-        "rejected",
-        "root_path_at_entry",
-        "scope",
-        "send_failed",
-        "sent",
-        "server_receive",
-        "server_send",
-        "start",
-        "started",
-        "status",
-        "user_agent",
-    )
+    # Set by the middleware when they apply.
+    excluded = False
+    rejected = False
+    forwarded: _proxies.Client | None = None
+    capture: bodies.Capture | None = None
+    # The response as it goes out.
+    status = 0
+    sent = 0
+    started = False
+    complete = False
+    end: float | None = None
+    # The client was seen to go: by the app's receive() or by the read-ahead (watch()).
+    disconnected = False
+    gone_before_start = False
+    send_failed = False
+    # The app raised: its 500 goes out through send(), request_failed is the event.
+    failing = False
+    reading = 0  # the app's receive() calls in progress
+    ahead: ReadAhead | None = None
 
     def __init__(
         self,
@@ -532,37 +573,20 @@ class _Exchange:
         receive: Receive,
         send: Send,
         start: float,
-        request_id: str,
+        id_bytes: bytes,
         user_agent: str | None,
-        excluded: bool,
+        path: str,
     ) -> None:
         self.middleware = middleware
         self.scope = scope
         self.server_receive = receive
         self.server_send = send
         self.start = start
-        self.id_bytes = request_id.encode("latin-1")
+        self.id_bytes = id_bytes
         self.user_agent = user_agent
-        self.excluded = excluded
-        self.path = scope["path"]
+        self.path = path
         self.app_at_entry = scope.get("app")
         self.root_path_at_entry = scope.get("root_path", "")
-        self.rejected = False
-        self.forwarded: _proxies.Client | None = None
-        self.capture: bodies.Capture | None = None
-        self.status = 0
-        self.sent = 0
-        self.started = False
-        self.complete = False
-        self.end: float | None = None
-        # The client was seen to go: by the app's receive() or by the read-ahead (watch()).
-        self.disconnected = False
-        self.gone_before_start = False
-        self.send_failed = False
-        # The app raised: its 500 goes out through send(), request_failed is the event.
-        self.failing = False
-        self.reading = 0  # the app's receive() calls in progress
-        self.ahead: ReadAhead | None = None
 
     def gone(self) -> bool:
         """Whether the client was seen to leave (by the app, or by the read-ahead)."""
@@ -598,17 +622,17 @@ class _Exchange:
 
     async def send(self, message: Message) -> None:
         message_type = message["type"]
-        final = False
         if message_type == "http.response.start":
             message = with_header(message, self.middleware._header_key, self.id_bytes)
             self.status = message["status"]
             self.started = True
-            if self.gone():
+            if self.disconnected or (self.ahead is not None and self.ahead.disconnected):
                 self.gone_before_start = True
+            final = False
         elif message_type == "http.response.body":
             final = not message.get("more_body", False)
-        elif message_type == "http.response.pathsend":
-            final = True
+        else:
+            final = message_type == "http.response.pathsend"
         if final and self.ahead is not None:
             await self.ahead.settle()
         try:
@@ -623,22 +647,46 @@ class _Exchange:
             # the last byte, before any background task the app runs after it.
             self.complete = True
             self.end = self.middleware._clock()
-            if not (self.excluded or self.failing):
-                if self.gone():
-                    self.middleware._disconnected(self.fields(), not self.gone_before_start)
-                else:
-                    self.middleware._completed(self.fields())
+            if self.excluded or self.failing:
+                return
+            if self.disconnected or (self.ahead is not None and self.ahead.disconnected):
+                self.middleware._disconnected(self.fields(), not self.gone_before_start)
+                return
+            access = _state.STATE.access
+            if access is None:
+                access = _access_log()
+            if self.forwarded is not None or self.rejected or self.capture is not None:
+                access.completed(self.fields())
+                return
+            # The common request: its nine fields, handed over without a dict (fields()).
+            scope = self.scope
+            app = self.app_at_entry
+            access.request(
+                scope["method"],
+                self.path,
+                route_template(
+                    scope, self.root_path_at_entry, self.middleware.app if app is None else app
+                ),
+                scope["query_string"].decode("latin-1"),
+                self.status,
+                round((self.end - self.start) * 1000.0, 3),
+                self.user_agent,
+                scope.get("http_version"),
+                self.sent,
+            )
 
     def fields(self) -> dict[str, Any]:
         """The access event's fields, as the request stands."""
-        middleware = self.middleware
-        end = self.end if self.end is not None else middleware._clock()
+        end = self.end
+        if end is None:
+            end = self.middleware._clock()
         scope = self.scope
+        app = self.app_at_entry
         fields = {
             "method": scope["method"],
             "path": self.path,
             "route": route_template(
-                scope, self.root_path_at_entry, self.app_at_entry or middleware.app
+                scope, self.root_path_at_entry, self.middleware.app if app is None else app
             ),
             "query": scope["query_string"].decode("latin-1"),
             "status_code": self.status,

@@ -1487,7 +1487,7 @@ class IsoTimeStamper:
             whole, micro = divmod(micros, 1_000_000)
             start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
             return f"{start}.{micro:06d}Z" if micro else f"{start}Z"
-        digits = str(micros)
+        digits = f"{micros}"
         second = digits[:-6]
         cached_second, prefix = self._cache
         if second != cached_second:

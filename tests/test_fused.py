@@ -220,6 +220,96 @@ def test_access_events_are_the_generic_chains_lines(
     assert fused == generic
 
 
+# The common request's values as the middleware makes them, and values of any other kind in the
+# places the one-call path checks (it must hand those over to the generic one).
+request_ids = st.one_of(texts, values)
+strings_or_none = st.one_of(st.none(), texts)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
+@settings(max_examples=120, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    # As the middleware makes them (most draws), or any value where the one-call path checks.
+    checked=st.one_of(
+        st.tuples(
+            texts,
+            texts,
+            st.sampled_from([200, 204, 301, 404, 500, 599, 799]),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.sampled_from(["1.1", "2", None]),
+        ),
+        st.tuples(values, values, values, values, values),
+    ),
+    route=strings_or_none,
+    query=texts,
+    user_agent=strings_or_none,
+    sent=st.integers(min_value=0, max_value=2**40),
+    in_span=st.booleans(),
+    ctx_fields=st.one_of(
+        st.fixed_dictionaries({"request_id": texts, "client_ip": strings_or_none}),
+        contexts,
+        st.fixed_dictionaries({"request_id": request_ids, "client_ip": strings_or_none}),
+        # reqlog's two keys in another order, or another key
+        st.fixed_dictionaries({"client_ip": strings_or_none, "request_id": texts}),
+        st.fixed_dictionaries({"request_id": texts, "user": texts}),
+    ),
+    bound=st.one_of(st.just({}), structlog_vars),
+    now=clocks,
+)
+def test_the_common_request_in_one_call_is_the_generic_chains_line(
+    lines: Lines,
+    clock: _Frozen,
+    config: dict[str, Any],
+    checked: tuple[Any, Any, Any, Any, Any],
+    route: str | None,
+    query: str,
+    user_agent: str | None,
+    sent: int,
+    in_span: bool,
+    ctx_fields: dict[str, Any] | None,
+    bound: dict[str, Any],
+    now: float,
+) -> None:
+    # What the middleware hands over for a request with nothing to add (AccessLog.request)
+    # is the line the generic chain writes for the same nine fields at the table's level.
+    lines.configure(**config)
+    access = STATE.access
+    assert access is not None
+    assert access.fused is not None  # the one-call path is what runs
+    method, path, status, duration, http_version = checked
+    values_ = [method, path, route, query, status, duration, user_agent, http_version, sent]
+    fields = dict(zip(ACCESS_KEYS, values_, strict=True))
+    levels = reqlog.processors.StatusLevels()
+    try:
+        level = levels(status)
+    except TypeError:  # an unhashable status: the table lookup fails the same way in both
+        return
+    clock.now = now
+    token, tokens = _within(ctx_fields, bound)
+    span = trace.NonRecordingSpan(SPAN) if in_span else trace.INVALID_SPAN
+    try:
+        with trace.use_span(span):
+            access.request(*values_)
+            fused = lines.take()
+            _emit.emit_access(level, "request_completed", dict(fields))
+            generic = lines.take()
+    finally:
+        _without(token, tokens)
+    assert fused == generic
+
+
+def test_no_one_call_request_with_slowness_or_a_level_callable() -> None:
+    reqlog.configure(output=io.BytesIO(), format="json", slow_request_ms=100)
+    assert STATE.access is not None
+    assert STATE.access.fused is None
+    reqlog.configure(output=io.BytesIO(), format="json", status_levels=lambda code, slow: "INFO")
+    assert STATE.access is not None
+    assert STATE.access.fused is None
+    reqlog.configure(output=io.BytesIO(), format="json", processors=[_recording([])])
+    assert STATE.access is not None
+    assert STATE.access.fused is None
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
 @settings(max_examples=120, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(

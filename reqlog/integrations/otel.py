@@ -60,6 +60,10 @@ DEFAULT_OTLP_TIMEOUT_S: Final = 2.0
 
 _INVALID_SPAN = trace.INVALID_SPAN_CONTEXT
 
+# OpenTelemetry's current context: empty (false) while no span was entered, and then
+# add_trace_context has nothing to add (reqlog's fused path asks it first).
+current_context = get_current
+
 
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Processor: ``trace_id`` and ``span_id`` of the current valid span, as lower-case hex.
