@@ -1212,3 +1212,16 @@ async def call_asgi(
 
     await app(scope, receive or default_receive, send)
     return messages
+
+
+def test_new_request_ids_are_uuid4s_and_distinct() -> None:
+    # Two batches' worth: every ID a UUID4 (version 4, RFC 4122 variant) in 32 hex digits.
+    from reqlog._request_id import new_request_id
+
+    ids = [new_request_id() for _ in range(600)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(hex=value)
+        assert parsed.hex == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
