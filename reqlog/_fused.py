@@ -112,7 +112,10 @@ class FusedChain:
         self.stamp = stamper.stamp
         self.service = service
         self.trace = trace
-        # Cheaper than ``trace`` and false whenever it would add nothing (an empty context).
+        # Cheaper than ``trace`` and false whenever it would add nothing (an empty context);
+        # without one, ``trace`` runs on every event.
+        if trace is not None and trace_guard is None:
+            trace_guard = _always
         self.trace_guard = trace_guard
         self.redactor = redactor
         self.renderer = renderer
@@ -142,7 +145,9 @@ class FusedChain:
         service = self.service
         if service is not None and "service" not in event_dict:
             event_dict["service"] = service
-        if self.trace is not None:
+        trace_guard = self.trace_guard
+        if trace_guard is not None and trace_guard():
+            assert self.trace is not None
             event_dict = self.trace(logger, method, event_dict)
         if "stack_info" in event_dict or "exc_info" in event_dict:
             result: Any = event_dict
@@ -328,9 +333,12 @@ class FusedChain:
             if args:
                 event = _interpolate(event, args)
             logger = self._logger
+            processors = fused.processors
             if (
-                fused._generic()
-                or self._processors is not fused.processors
+                STATE.captures  # fused._generic(), inline
+                or not processors
+                or processors[-1] is not fused.renderer
+                or self._processors is not processors
                 or type(logger) is not OutputLogger
             ):
                 return self._proxy_to_logger(method_name, event, **kw)
@@ -357,6 +365,10 @@ class FusedChain:
         method.__name__ = method_name
         method.__qualname__ = f"BoundLogger.{method_name}"
         return method
+
+
+def _always() -> bool:
+    return True
 
 
 def _interpolate(event: Any, args: tuple[Any, ...]) -> Any:
