@@ -169,6 +169,73 @@ def test_weighted_percentile_sql_is_nearest_rank(
     assert unweighted == (nearest_rank([(d, Fraction(1)) for d, _ in rows], Fraction(p, 100)),)
 
 
+_DURATIONS = st.one_of(
+    st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 7.25, 100.0, 100.001, 100.002, 1e300, -3.0]),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.floats(min_value=99.0, max_value=101.0),  # many durations in one bucket
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=3),
+            _DURATIONS,
+            st.sampled_from([None, 0.5, 0.25, 0.2, 0.1]),
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+)
+def test_bucketed_percentiles_are_nearest_rank(
+    rows: list[tuple[int, float, float | None]],
+) -> None:
+    """stats ranks durations by bucket, then exactly in one bucket: still nearest rank.
+
+    Every double a log can hold (negative, -0.0, subnormal, huge), ties, and many durations in
+    one bucket; each key's p50/p95/p99 against exact arithmetic.
+    """
+    from reqlog.cli._stats import percentiles_sql
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (key BIGINT, d DOUBLE, rate DOUBLE)")
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+    weight = "CASE WHEN rate > 0 AND rate < 1 THEN 1.0 / rate ELSE 1.0 END"
+    got = {
+        key: (p50, p95, p99)
+        for key, p50, p95, p99 in con.execute(
+            percentiles_sql(f"SELECT key, d, {weight} AS w FROM t")
+        ).fetchall()
+    }
+    want = {}
+    for key in {k for k, _, _ in rows}:
+        pairs = [(d, weight_of(rate)) for k, d, rate in rows if k == key]
+        want[key] = tuple(nearest_rank(pairs, Fraction(p, 100)) for p in (50, 95, 99))
+    assert got == want
+
+
+def test_bucketed_percentiles_order_infinities_and_nan_as_duckdb_does() -> None:
+    """-inf first, +inf then NaN last (DuckDB's order), as ranking every duration gives."""
+    from reqlog.cli._stats import percentile_sql, percentiles_sql
+
+    values = [float("nan"), float("inf"), -float("inf"), 1.0, 2.0, float("nan"), 3.0, -1e308]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (key BIGINT, d DOUBLE)")
+    for n in range(1, len(values) + 1):
+        con.execute("DELETE FROM t")
+        con.executemany("INSERT INTO t VALUES (1, ?)", [(v,) for v in values[:n]])
+        got = con.execute(percentiles_sql("SELECT key, d, 1.0 AS w FROM t")).fetchall()
+        ranked = con.execute(
+            "SELECT "
+            + ", ".join(percentile_sql(p) for p in (50, 95, 99))
+            + " FROM (SELECT d, sum(w) OVER (ORDER BY d) AS cum, sum(w) OVER () AS tot"
+            " FROM (SELECT d, 1.0 AS w FROM t))"
+        ).fetchall()
+        # repr: a NaN percentile is the same answer, and nan != nan
+        assert [repr(g[1:]) for g in got] == [repr(r) for r in ranked], values[:n]
+
+
 # diff ---------------------------------------------------------------------------------------
 
 
@@ -570,6 +637,53 @@ def test_gzip_and_plain_inputs_give_the_same_figures(seed: int) -> None:
         with _engine.Logs([str(both)]) as logs:
             whole = _stats.compute(logs, "route")
     assert {r.key: r.as_dict() for r in split.rows} == {r.key: r.as_dict() for r in whole.rows}
+
+
+# report's figures -----------------------------------------------------------------------------
+
+
+def test_report_per_minute_figures_match_an_independent_computation(tmp_path: Path) -> None:
+    """Each minute of the report's charts: requests by class and weighted p50/p95/p99."""
+    from reqlog.cli import _report
+    from reqlog.cli._engine import Logs
+
+    events = generated(seed=5, n=600)  # 0.37 s apart: four minutes
+    log = write_log(tmp_path / "app.log", ["INFO: banner", *events])
+
+    with Logs([str(log)], fast=True) as logs:
+        data = _report.collect(logs)
+
+    minutes: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        when = dt.datetime.fromisoformat(e["timestamp"]).timestamp()
+        minutes.setdefault(int(when // 60) * 60, []).append(e)
+    want = []
+    for start, items in sorted(minutes.items()):
+        pairs = [(e["duration_ms"], weight_of(e.get("sample_rate"))) for e in items]
+        failed = [e["status_code"] >= 500 or e["event"] == "request_failed" for e in items]
+        c5 = sum((w for (_, w), f in zip(pairs, failed, strict=True) if f), Fraction(0))
+        c4 = sum(
+            (
+                w
+                for (_, w), f, e in zip(pairs, failed, items, strict=True)
+                if 400 <= e["status_code"] < 500 and not f
+            ),
+            Fraction(0),
+        )
+        count = sum((w for _, w in pairs), Fraction(0))
+        want.append(
+            (
+                float(start),
+                float(count),
+                float(count - c4 - c5),
+                float(c4),
+                float(c5),
+                *(nearest_rank(pairs, Fraction(p, 100)) for p in (50, 95, 99)),
+            )
+        )
+    got = [(b.start, b.count, b.ok, b.c4, b.c5, b.p50, b.p95, b.p99) for b in data.buckets]
+    assert data.width == 1
+    assert got == want
 
 
 # top's figures --------------------------------------------------------------------------------
