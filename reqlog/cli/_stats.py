@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ._engine import Logs, Window, epoch_seconds
-from ._events import format_time
 from ._safe import safe
 
 GROUPINGS = ("route", "path", "status", "user", "method", "service")
@@ -84,36 +83,39 @@ def percentiles_sql(source: str, shares: Sequence[int] = PERCENTILES) -> str:
     with the duration, that is the cumulative weight of every duration. One row per key,
     with a column ``p{share}`` for each share.
     """
+
     # percentile_sql's test: the cumulative weight reaches p% of the total (in percent, with
     # a relative tolerance of 1e-12), at the end of a bucket and at a duration inside one.
-    bucket_reaches = "(before + w) * 100 >= p * tot * (1 - 1e-12)"
-    reach = "(before + cum) * 100 >= p * tot * (1 - 1e-12)"
-    shares_list = ", ".join(f"({p})" for p in shares)
-    picks = ", ".join(f"min(v) FILTER (WHERE p = {p}) AS p{p}" for p in shares)
+    def reaches(cum: str, p: int) -> str:
+        return f"({cum}) * 100 >= {p} * tot * (1 - 1e-12)"
+
+    cuts = ", ".join(f"min(b) FILTER (WHERE {reaches('before + bw', p)}) AS b{p}" for p in shares)
+    inside = ", ".join(f"b{p}" for p in shares)
+    # The bucket's last duration when rounding leaves the sum inside it just short of the
+    # share its total reached.
+    picks = ", ".join(
+        f"coalesce(min(d) FILTER (WHERE b = b{p} AND {reaches('before + cum', p)}),"
+        f" max(d) FILTER (WHERE b = b{p})) AS p{p}"
+        for p in shares
+    )
     return f"""
     WITH src AS MATERIALIZED (
         SELECT key, d, w, {bucket_sql("d")} AS b FROM ({source})
     ), buckets AS (
-        SELECT key, b, w, sum(w) OVER (PARTITION BY key) AS tot,
-               coalesce(sum(w) OVER (PARTITION BY key ORDER BY b
-                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+        SELECT key, b, bw, sum(bw) OVER (PARTITION BY key) AS tot,
+               coalesce(sum(bw) OVER (PARTITION BY key ORDER BY b
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
                  AS before
-        FROM (SELECT key, b, sum(w) AS w FROM src GROUP BY key, b)
+        FROM (SELECT key, b, sum(w) AS bw FROM src GROUP BY key, b)
     ), cuts AS (
-        SELECT key, p, any_value(tot) AS tot,
-               min(b) FILTER (WHERE {bucket_reaches}) AS b,
-               arg_min(before, b) FILTER (WHERE {bucket_reaches}) AS before
-        FROM buckets, (VALUES {shares_list}) AS shares(p) GROUP BY key, p
-    ), picked AS (
-        SELECT key, p,
-               -- the bucket's last duration when rounding leaves the sum inside it just short
-               coalesce(min(d) FILTER (WHERE {reach}), max(d)) AS v
-        FROM (
-            SELECT key, p, before, tot, d, sum(w) OVER (PARTITION BY key, p ORDER BY d) AS cum
-            FROM src JOIN cuts USING (key, b)
-        ) GROUP BY key, p
+        SELECT key, {cuts} FROM buckets GROUP BY key
     )
-    SELECT key, {picks} FROM picked GROUP BY key
+    SELECT key, {picks} FROM (
+        SELECT key, b, d, before, tot, {inside},
+               sum(w) OVER (PARTITION BY key, b ORDER BY d) AS cum
+        FROM src JOIN cuts USING (key) JOIN buckets USING (key, b)
+        WHERE b IN ({inside})
+    ) GROUP BY key
     """
 
 
@@ -404,6 +406,8 @@ def run(
         }
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    from ._events import format_time  # here: --json and the engine do not need it
+
     when = (
         f"{format_time(result.first)} to {format_time(result.last)} UTC"
         if result.first is not None and result.last is not None
