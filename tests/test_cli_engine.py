@@ -468,6 +468,35 @@ def test_errors_groups_match_an_independent_computation(
         assert f"<td class=n>{group['count']:,.0f}</td><td><code>{group['error']}</code>" in row
 
 
+def test_errors_examples_and_message_follow_time_not_file_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Examples are the earliest request IDs and the message the latest, however the lines
+    are ordered in the files (several workers' logs concatenated, a copy made in parallel)."""
+    failures = []
+    for i in range(6):
+        e = access(f"{i:032x}", ts(10 * i), "/orders", 500, 3.0, route="/orders", method="POST")
+        e.update(event="request_failed", error_type="KeyError", error_message=f"'sku-{i}'")
+        failures.append(e)
+    shuffled = [failures[i] for i in (4, 1, 5, 0, 3, 2)]
+    in_order = write_log(tmp_path / "a.log", failures)
+    out_of_order = write_log(tmp_path / "b.log", shuffled)
+
+    docs = []
+    for log in (in_order, out_of_order):
+        status, out, err = run(["errors", str(log), "--json"], capsys)
+        assert status == 0, err
+        docs.append(orjson.loads(out))
+
+    for doc in docs:
+        (group,) = doc["groups"]
+        assert (group["request_ids"], group["message"]) == (
+            [f"{i:032x}" for i in range(3)],
+            "'sku-5'",
+        )
+        assert (group["first_seen"], group["last_seen"]) == (ts(0), ts(50))
+
+
 # trace --------------------------------------------------------------------------------------
 
 

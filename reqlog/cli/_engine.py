@@ -593,10 +593,14 @@ class Logs:
             f" WHERE ({self.access_sql}) OR junk OR alien"
             f" OR (exception IS NOT NULL AND {self.window.sql(self.ts_sql)})"
         )
+        # Written by every thread at once, in no particular order: keeping the files' order
+        # makes DuckDB write the copy on one thread. Queries over it that need an order say so.
+        self.con.execute("SET preserve_insertion_order = false")
         self.con.execute(f"CREATE TEMP TABLE kept AS {select}")
         if self.narrowed and self.query("SELECT count(*) FROM kept WHERE alien")[0][0]:
             self.widen()
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE kept AS {select}")
+        self.con.execute("RESET preserve_insertion_order")
         self.con.execute("CREATE OR REPLACE TEMP VIEW lines AS SELECT * FROM kept")
         # The copy has the time parsed, the weight computed and the window applied.
         self.ts_sql, self.weight_sql, self._windowed = "ts", "weight", True

@@ -127,7 +127,8 @@ def collect(logs: Logs) -> Collected:
     ):
         data.statuses[int(status)] = float(count)
     slowest = f"SELECT d, s, request_id, method, path, event FROM ({_access(logs)})"
-    for r in logs.rows(f"{slowest} ORDER BY d DESC LIMIT {_MAX_SLOWEST}"):
+    order = "d DESC, ts NULLS LAST, request_id NULLS LAST"  # ties: the earliest first
+    for r in logs.rows(f"{slowest} ORDER BY {order} LIMIT {_MAX_SLOWEST}"):
         method = r["method"] or ("WS" if str(r["event"]).startswith("websocket") else "-")
         what = f"{method} {r['path']}"
         data.slowest.append((float(r["d"]), str(r["request_id"] or ""), what, str(r["s"])))
