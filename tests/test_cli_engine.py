@@ -715,6 +715,70 @@ def test_report_per_minute_figures_match_an_independent_computation(tmp_path: Pa
     assert got == want
 
 
+def test_report_per_minute_figures_of_a_small_log_are_the_known_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three minutes worked out by hand: counts by class, nearest-rank and weighted percentiles.
+
+    Minute 0: durations 1..10 ms (200), 50 ms (404), 100 ms (request_failed, 500), the last at
+    59.999 s: 12 requests, p50 the 6th (6 ms), p95 and p99 the 12th (100 ms). Minute 1: none.
+    Minute 2, from 120.000 s: 0.5 ms (503), 2 ms, 8 ms, 3 ms at sample_rate 0.5 (weight 2),
+    4 ms at 0.25 (weight 4): 9 requests; p50 is where the weight reaches 4.5, at 4 ms (the
+    unweighted answer would be 3 ms), p95 and p99 8 ms. Text and app events count for nothing.
+    """
+    from reqlog.cli import _report
+    from reqlog.cli._engine import Logs
+
+    def at(i: int, seconds: float, status: int, duration: float, **extra: Any) -> dict[str, Any]:
+        return access(f"{i:032x}", ts(seconds), f"/k/{i}", status, duration, **extra)
+
+    minute0 = [at(i, 5.0 * i, 200, float(i + 1)) for i in range(10)]
+    minute0 += [at(10, 51.0, 404, 50.0), at(11, 59.999, 500, 100.0, event="request_failed")]
+    minute2 = [
+        at(12, 120.0, 503, 0.5),
+        at(13, 121.0, 200, 8.0),
+        at(14, 122.0, 200, 3.0, sample_rate=0.5),
+        at(15, 150.0, 200, 4.0, sample_rate=0.25),
+        at(16, 179.5, 200, 2.0),
+    ]
+    app_event = {"event": "loading", "level": "info", "timestamp": ts(90.0), "duration_ms": 1e6}
+    log = write_log(tmp_path / "app.log", ["INFO: banner", *minute0, app_event, *minute2])
+
+    with Logs([str(log)], fast=True) as logs:
+        data = _report.collect(logs)
+
+    assert data.width == 1
+    got = [(b.start - T0, b.count, b.ok, b.c4, b.c5, b.p50, b.p95, b.p99) for b in data.buckets]
+    assert got == [
+        (0.0, 12.0, 10.0, 1.0, 1.0, 6.0, 100.0, 100.0),
+        (60.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        (120.0, 9.0, 8.0, 0.0, 1.0, 4.0, 8.0, 8.0),
+    ]
+    # The same answers from the independent computation the generated-log test uses.
+    for (*_, p50, p95, p99), items in ((got[0], minute0), (got[2], minute2)):
+        pairs = [(e["duration_ms"], weight_of(e.get("sample_rate"))) for e in items]
+        want = tuple(nearest_rank(pairs, Fraction(p, 100)) for p in (50, 95, 99))
+        assert (p50, p95, p99) == want
+
+    # ... and what the charts say, in the rendered report.
+    out = tmp_path / "report.html"
+    status, _, err = run(["report", str(log), "-o", str(out)], capsys)
+    assert status == 0, err
+    html = out.read_text()
+    for title in (
+        "2026-11-24 06:00:00 UTC: 10.0 ok req/min",
+        "2026-11-24 06:00:00 UTC: 1.0 4xx req/min",
+        "2026-11-24 06:00:00 UTC: 1.0 5xx req/min",
+        "2026-11-24 06:00:00 UTC: p50 6.0 ms",
+        "2026-11-24 06:00:00 UTC: p99 100 ms",
+        "2026-11-24 06:02:00 UTC: 8.0 ok req/min",
+        "2026-11-24 06:02:00 UTC: p50 4.0 ms",
+        "2026-11-24 06:02:00 UTC: p95 8.0 ms",
+    ):
+        assert f"<title>{title}</title>" in html
+    assert "06:01:00 UTC: p50" not in html  # a minute without requests has no dot
+
+
 # top's figures --------------------------------------------------------------------------------
 
 
