@@ -5,11 +5,14 @@ DuckDB query giving the same figures (ratio <= 1.0), ``report`` at most 1.5x ``s
 ``reqlog top`` keeping up with 5,000 lines/s on a small share of one core.
 
 Each figure is the wall time of a whole process (interpreter start included), output sent to
-/dev/null. The three compared commands run interleaved, round after round, and the medians are
-reported, because the machine is shared.
+/dev/null. The compared commands run interleaved, round after round, and the medians are
+reported, because the machine is shared; the load average is read at every round. reqlog's
+modules are byte-compiled first, as pip does when it installs a wheel (without that, an
+editable install under ``PYTHONDONTWRITEBYTECODE`` compiles them again in every process).
 
     python bench/bench_cli.py                  # generates bench/out/cli-1000000.jsonl first
     python bench/bench_cli.py --rounds 3 --lines 200000
+    python bench/bench_cli.py --rounds 5 --top-seconds 0   # without the 20 s of ``top``
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def same_figures(log: Path) -> tuple[bool, bool, int]:
 
 
 def compare(log: Path, rounds: int) -> list[str]:
-    """Interleaved rounds of the hand-written query, ``stats`` and ``report``; medians."""
+    """Interleaved rounds of the hand-written queries, ``stats`` and ``report``; medians."""
     cases = {
         "hand-written query: counts, p50/p95/p99": [
             sys.executable, "-c", HAND_SCRIPT, str(log), HAND_SQL,
@@ -148,7 +151,9 @@ def compare(log: Path, rounds: int) -> list[str]:
     }  # fmt: skip
     walls: dict[str, list[float]] = {k: [] for k in cases}
     cpus: dict[str, list[float]] = {k: [] for k in cases}
+    loads = []
     for _ in range(rounds):
+        loads.append(os.getloadavg()[0])
         for name, args in cases.items():
             wall, cpu, _ = _timed(args)
             walls[name].append(wall)
@@ -176,6 +181,10 @@ def compare(log: Path, rounds: int) -> list[str]:
             f"- {label}: median of per-round wall ratios **{statistics.median(ratios):.2f}**"
             f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); CPU ratio {cpu:.2f}"
         )
+    out.append(
+        f"- load average (1 min) at the start of each round: {min(loads):.2f} to"
+        f" {max(loads):.2f} (median {statistics.median(loads):.2f})"
+    )
     return out
 
 
@@ -308,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--log", type=Path, help="use this log instead of generating one")
     parser.add_argument("--top-rate", type=int, default=5000)
-    parser.add_argument("--top-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--top-seconds", type=float, default=20.0, help="0: do not measure `reqlog top`"
+    )
     args = parser.parse_args(argv)
 
     log = args.log or HERE / "out" / f"cli-{args.lines}.jsonl"
@@ -321,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     import duckdb
 
+    import reqlog
+
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(Path(reqlog.__file__).parent)], check=True
+    )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"log: {log.name} ({lines:,} lines, {log.stat().st_size / 1e6:,.0f} MB),"
@@ -337,8 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(compare(log, args.rounds)) + "\n", flush=True)
     print("### the other commands (one run each)\n")
     print("\n".join(others(log)) + "\n", flush=True)
-    print(f"### reqlog top at {args.top_rate:,} lines/s\n")
-    print("\n".join(top_cpu(args.top_rate, args.top_seconds)))
+    if args.top_seconds > 0:
+        print(f"### reqlog top at {args.top_rate:,} lines/s\n")
+        print("\n".join(top_cpu(args.top_rate, args.top_seconds)))
+    else:
+        print("`reqlog top` not measured in this run (--top-seconds 0)")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nload average after: {load}")
     return 0

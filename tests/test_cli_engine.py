@@ -169,6 +169,73 @@ def test_weighted_percentile_sql_is_nearest_rank(
     assert unweighted == (nearest_rank([(d, Fraction(1)) for d, _ in rows], Fraction(p, 100)),)
 
 
+_DURATIONS = st.one_of(
+    st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 7.25, 100.0, 100.001, 100.002, 1e300, -3.0]),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.floats(min_value=99.0, max_value=101.0),  # many durations in one bucket
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=3),
+            _DURATIONS,
+            st.sampled_from([None, 0.5, 0.25, 0.2, 0.1]),
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+)
+def test_bucketed_percentiles_are_nearest_rank(
+    rows: list[tuple[int, float, float | None]],
+) -> None:
+    """stats ranks durations by bucket, then exactly in one bucket: still nearest rank.
+
+    Every double a log can hold (negative, -0.0, subnormal, huge), ties, and many durations in
+    one bucket; each key's p50/p95/p99 against exact arithmetic.
+    """
+    from reqlog.cli._stats import percentiles_sql
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (key BIGINT, d DOUBLE, rate DOUBLE)")
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+    weight = "CASE WHEN rate > 0 AND rate < 1 THEN 1.0 / rate ELSE 1.0 END"
+    got = {
+        key: (p50, p95, p99)
+        for key, p50, p95, p99 in con.execute(
+            percentiles_sql(f"SELECT key, d, {weight} AS w FROM t")
+        ).fetchall()
+    }
+    want = {}
+    for key in {k for k, _, _ in rows}:
+        pairs = [(d, weight_of(rate)) for k, d, rate in rows if k == key]
+        want[key] = tuple(nearest_rank(pairs, Fraction(p, 100)) for p in (50, 95, 99))
+    assert got == want
+
+
+def test_bucketed_percentiles_order_infinities_and_nan_as_duckdb_does() -> None:
+    """-inf first, +inf then NaN last (DuckDB's order), as ranking every duration gives."""
+    from reqlog.cli._stats import percentile_sql, percentiles_sql
+
+    values = [float("nan"), float("inf"), -float("inf"), 1.0, 2.0, float("nan"), 3.0, -1e308]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (key BIGINT, d DOUBLE)")
+    for n in range(1, len(values) + 1):
+        con.execute("DELETE FROM t")
+        con.executemany("INSERT INTO t VALUES (1, ?)", [(v,) for v in values[:n]])
+        got = con.execute(percentiles_sql("SELECT key, d, 1.0 AS w FROM t")).fetchall()
+        ranked = con.execute(
+            "SELECT "
+            + ", ".join(percentile_sql(p) for p in (50, 95, 99))
+            + " FROM (SELECT d, sum(w) OVER (ORDER BY d) AS cum, sum(w) OVER () AS tot"
+            " FROM (SELECT d, 1.0 AS w FROM t))"
+        ).fetchall()
+        # repr: a NaN percentile is the same answer, and nan != nan
+        assert [repr(g[1:]) for g in got] == [repr(r) for r in ranked], values[:n]
+
+
 # diff ---------------------------------------------------------------------------------------
 
 
@@ -401,6 +468,35 @@ def test_errors_groups_match_an_independent_computation(
         assert f"<td class=n>{group['count']:,.0f}</td><td><code>{group['error']}</code>" in row
 
 
+def test_errors_examples_and_message_follow_time_not_file_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Examples are the earliest request IDs and the message the latest, however the lines
+    are ordered in the files (several workers' logs concatenated, a copy made in parallel)."""
+    failures = []
+    for i in range(6):
+        e = access(f"{i:032x}", ts(10 * i), "/orders", 500, 3.0, route="/orders", method="POST")
+        e.update(event="request_failed", error_type="KeyError", error_message=f"'sku-{i}'")
+        failures.append(e)
+    shuffled = [failures[i] for i in (4, 1, 5, 0, 3, 2)]
+    in_order = write_log(tmp_path / "a.log", failures)
+    out_of_order = write_log(tmp_path / "b.log", shuffled)
+
+    docs = []
+    for log in (in_order, out_of_order):
+        status, out, err = run(["errors", str(log), "--json"], capsys)
+        assert status == 0, err
+        docs.append(orjson.loads(out))
+
+    for doc in docs:
+        (group,) = doc["groups"]
+        assert (group["request_ids"], group["message"]) == (
+            [f"{i:032x}" for i in range(3)],
+            "'sku-5'",
+        )
+        assert (group["first_seen"], group["last_seen"]) == (ts(0), ts(50))
+
+
 # trace --------------------------------------------------------------------------------------
 
 
@@ -570,6 +666,117 @@ def test_gzip_and_plain_inputs_give_the_same_figures(seed: int) -> None:
         with _engine.Logs([str(both)]) as logs:
             whole = _stats.compute(logs, "route")
     assert {r.key: r.as_dict() for r in split.rows} == {r.key: r.as_dict() for r in whole.rows}
+
+
+# report's figures -----------------------------------------------------------------------------
+
+
+def test_report_per_minute_figures_match_an_independent_computation(tmp_path: Path) -> None:
+    """Each minute of the report's charts: requests by class and weighted p50/p95/p99."""
+    from reqlog.cli import _report
+    from reqlog.cli._engine import Logs
+
+    events = generated(seed=5, n=600)  # 0.37 s apart: four minutes
+    log = write_log(tmp_path / "app.log", ["INFO: banner", *events])
+
+    with Logs([str(log)], fast=True) as logs:
+        data = _report.collect(logs)
+
+    minutes: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        when = dt.datetime.fromisoformat(e["timestamp"]).timestamp()
+        minutes.setdefault(int(when // 60) * 60, []).append(e)
+    want = []
+    for start, items in sorted(minutes.items()):
+        pairs = [(e["duration_ms"], weight_of(e.get("sample_rate"))) for e in items]
+        failed = [e["status_code"] >= 500 or e["event"] == "request_failed" for e in items]
+        c5 = sum((w for (_, w), f in zip(pairs, failed, strict=True) if f), Fraction(0))
+        c4 = sum(
+            (
+                w
+                for (_, w), f, e in zip(pairs, failed, items, strict=True)
+                if 400 <= e["status_code"] < 500 and not f
+            ),
+            Fraction(0),
+        )
+        count = sum((w for _, w in pairs), Fraction(0))
+        want.append(
+            (
+                float(start),
+                float(count),
+                float(count - c4 - c5),
+                float(c4),
+                float(c5),
+                *(nearest_rank(pairs, Fraction(p, 100)) for p in (50, 95, 99)),
+            )
+        )
+    got = [(b.start, b.count, b.ok, b.c4, b.c5, b.p50, b.p95, b.p99) for b in data.buckets]
+    assert data.width == 1
+    assert got == want
+
+
+def test_report_per_minute_figures_of_a_small_log_are_the_known_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three minutes worked out by hand: counts by class, nearest-rank and weighted percentiles.
+
+    Minute 0: durations 1..10 ms (200), 50 ms (404), 100 ms (request_failed, 500), the last at
+    59.999 s: 12 requests, p50 the 6th (6 ms), p95 and p99 the 12th (100 ms). Minute 1: none.
+    Minute 2, from 120.000 s: 0.5 ms (503), 2 ms, 8 ms, 3 ms at sample_rate 0.5 (weight 2),
+    4 ms at 0.25 (weight 4): 9 requests; p50 is where the weight reaches 4.5, at 4 ms (the
+    unweighted answer would be 3 ms), p95 and p99 8 ms. Text and app events count for nothing.
+    """
+    from reqlog.cli import _report
+    from reqlog.cli._engine import Logs
+
+    def at(i: int, seconds: float, status: int, duration: float, **extra: Any) -> dict[str, Any]:
+        return access(f"{i:032x}", ts(seconds), f"/k/{i}", status, duration, **extra)
+
+    minute0 = [at(i, 5.0 * i, 200, float(i + 1)) for i in range(10)]
+    minute0 += [at(10, 51.0, 404, 50.0), at(11, 59.999, 500, 100.0, event="request_failed")]
+    minute2 = [
+        at(12, 120.0, 503, 0.5),
+        at(13, 121.0, 200, 8.0),
+        at(14, 122.0, 200, 3.0, sample_rate=0.5),
+        at(15, 150.0, 200, 4.0, sample_rate=0.25),
+        at(16, 179.5, 200, 2.0),
+    ]
+    app_event = {"event": "loading", "level": "info", "timestamp": ts(90.0), "duration_ms": 1e6}
+    log = write_log(tmp_path / "app.log", ["INFO: banner", *minute0, app_event, *minute2])
+
+    with Logs([str(log)], fast=True) as logs:
+        data = _report.collect(logs)
+
+    assert data.width == 1
+    got = [(b.start - T0, b.count, b.ok, b.c4, b.c5, b.p50, b.p95, b.p99) for b in data.buckets]
+    assert got == [
+        (0.0, 12.0, 10.0, 1.0, 1.0, 6.0, 100.0, 100.0),
+        (60.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        (120.0, 9.0, 8.0, 0.0, 1.0, 4.0, 8.0, 8.0),
+    ]
+    # The same answers from the independent computation the generated-log test uses.
+    for (*_, p50, p95, p99), items in ((got[0], minute0), (got[2], minute2)):
+        pairs = [(e["duration_ms"], weight_of(e.get("sample_rate"))) for e in items]
+        want = tuple(nearest_rank(pairs, Fraction(p, 100)) for p in (50, 95, 99))
+        assert (p50, p95, p99) == want
+
+    # ... and what the charts say, in the rendered report.
+    out = tmp_path / "report.html"
+    status, _, err = run(["report", str(log), "-o", str(out)], capsys)
+    assert status == 0, err
+    html = out.read_text()
+    for title in (
+        "2026-11-24 06:00:00 UTC: 10.0 ok req/min",
+        "2026-11-24 06:00:00 UTC: 1.0 4xx req/min",
+        "2026-11-24 06:00:00 UTC: 1.0 5xx req/min",
+        "2026-11-24 06:00:00 UTC: p50 6.0 ms",
+        "2026-11-24 06:00:00 UTC: p99 100 ms",
+        "2026-11-24 06:02:00 UTC: 8.0 ok req/min",
+        "2026-11-24 06:02:00 UTC: p50 4.0 ms",
+        "2026-11-24 06:02:00 UTC: p95 8.0 ms",
+    ):
+        assert f"<title>{title}</title>" in html
+    assert "06:01:00 UTC: p50" not in html  # a minute without requests has no dot
 
 
 # top's figures --------------------------------------------------------------------------------

@@ -891,6 +891,18 @@ async def serve(app: Any, server: FakeServer, method: str = "GET", path: str = "
     await app(scope, server.receive, server.send)
 
 
+def held_app(release: asyncio.Event) -> FastAPI:
+    """An app whose GET / answers once `release` is set, never reading the request."""
+    app = make_app()
+
+    @app.get("/")
+    async def held() -> dict[str, str]:
+        await release.wait()
+        return {}
+
+    return app
+
+
 @pytest.fixture
 def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     # The watch starts after one to two ticks; short ticks keep these tests short.
@@ -900,13 +912,8 @@ def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("fast_watch")
 async def test_disconnect_is_seen_when_the_app_never_reads(log_output: LogOutput) -> None:
     log_output.configure()
-    app = make_app()
     release = asyncio.Event()
-
-    @app.get("/")
-    async def slow() -> dict[str, str]:
-        await release.wait()  # never reads the request
-        return {"done": "yes"}
+    app = held_app(release)
 
     server = FakeServer()
     request = asyncio.create_task(serve(app, server))
@@ -973,13 +980,8 @@ async def test_read_ahead_holds_a_bounded_part_of_the_body(log_output: LogOutput
 @pytest.mark.usefixtures("fast_watch")
 async def test_a_client_that_stays_is_not_taken_for_gone(log_output: LogOutput) -> None:
     log_output.configure()
-    app = make_app()
     release = asyncio.Event()
-
-    @app.get("/")
-    async def slow() -> dict[str, str]:
-        await release.wait()
-        return {}
+    app = held_app(release)
 
     server = FakeServer()
     request = asyncio.create_task(serve(app, server))
@@ -993,13 +995,8 @@ async def test_a_client_that_stays_is_not_taken_for_gone(log_output: LogOutput) 
 @pytest.mark.usefixtures("fast_watch")
 async def test_no_read_ahead_for_expect_100_continue(log_output: LogOutput) -> None:
     log_output.configure()
-    app = make_app()
     release = asyncio.Event()
-
-    @app.get("/")
-    async def slow() -> dict[str, str]:
-        await release.wait()
-        return {}
+    app = held_app(release)
 
     server = FakeServer((b"body",))
 

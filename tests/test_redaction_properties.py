@@ -6,12 +6,11 @@ Every test runs derandomized (the same examples each run, so the suite is determ
 
 from __future__ import annotations
 
-import os
 import string
 import time
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reqlog.processors import (
@@ -24,18 +23,7 @@ from reqlog.processors import (
 )
 from tests.redaction_corpus import SECRETS, leaked
 
-settings.register_profile(
-    "default",
-    derandomize=True,
-    deadline=None,
-    max_examples=150,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "explore", deadline=None, max_examples=3000, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-
+# The hypothesis profiles (derandomized by default) are registered in tests/conftest.py.
 R = "[REDACTED]"
 # What surrounds a secret in real text, and the characters the patterns care about most.
 _PUNCTUATION = " \n\t=:&?;,'\"\\/-_.@%+#[]{}()<>"

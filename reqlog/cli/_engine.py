@@ -11,9 +11,10 @@ quantiles. What is reqlog's own lives here, as SQL built once per run:
 - the weight of a sampled event (``1 / sample_rate``) and weighted nearest-rank percentiles;
 - the lines that are not events (text, malformed or truncated JSON), counted.
 
-Two views are defined on a connection: ``requests`` (access events, typed columns, read with
-an explicit column list so DuckDB parses only what it needs) and ``events`` (every event, the
-same columns plus ``json``, the whole event, for anything else; defined only for ``sql``).
+Every command reads ``lines``: each line, unified, read with an explicit column list so DuckDB
+parses only what it needs. ``sql`` gets two views for the user's queries: ``requests`` (access
+events, typed columns) and ``events`` (every event, the same columns plus ``json``, the whole
+event, for anything else).
 """
 
 from __future__ import annotations
@@ -426,7 +427,7 @@ class Window:
 
 
 class Logs:
-    """A DuckDB connection with ``requests`` and ``events`` views over the inputs.
+    """A DuckDB connection with a ``lines`` view over the inputs (and, for ``sql``, views).
 
     Use as a context manager; temporary copies (standard input) are removed at exit.
     """
@@ -443,7 +444,7 @@ class Logs:
         *,
         threads: int | None = None,
         fast: bool = False,
-        events: bool = False,
+        views: bool = False,
     ) -> None:
         self.duckdb = require_duckdb()
         self.inputs = resolve(names)
@@ -451,8 +452,9 @@ class Logs:
         self._windowed = False
         #: Read each file with only the schemas found in its first lines (stats, report).
         self.fast = fast
-        #: Define the ``events`` view too (``sql``; binding it costs a few tens of ms).
-        self.with_events = events
+        #: Define the ``requests`` and ``events`` views for a user's SQL (``sql``; the other
+        #: commands read ``lines``, and binding ``events`` costs a few tens of ms).
+        self.with_views = views
         # No progress bar: DuckDB draws one on stdout for long queries, into --json output.
         self.con: duckdb.DuckDBPyConnection = self.duckdb.connect()
         self.con.execute("SET enable_progress_bar = false")
@@ -541,14 +543,14 @@ class Logs:
 
     def _define(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW lines AS {self._lines_sql()}")
+        if not self.with_views:
+            return
         self.con.execute(
             "CREATE OR REPLACE TEMP VIEW requests AS"
             f" SELECT CAST({self.ts_sql} AS TIMESTAMP) AS ts,"
             " * EXCLUDE (is_access, junk, is_failed, alien),"
             f" {self.weight_sql} AS weight FROM lines WHERE {self.access_sql}"
         )
-        if not self.with_events:
-            return
         paths, json_plan = _json_plan()
         extracted = ", ".join(f"{expr} AS {_q(name)}" for name, expr in json_plan.items())
         self.con.execute(
@@ -591,10 +593,14 @@ class Logs:
             f" WHERE ({self.access_sql}) OR junk OR alien"
             f" OR (exception IS NOT NULL AND {self.window.sql(self.ts_sql)})"
         )
+        # Written by every thread at once, in no particular order: keeping the files' order
+        # makes DuckDB write the copy on one thread. Queries over it that need an order say so.
+        self.con.execute("SET preserve_insertion_order = false")
         self.con.execute(f"CREATE TEMP TABLE kept AS {select}")
         if self.narrowed and self.query("SELECT count(*) FROM kept WHERE alien")[0][0]:
             self.widen()
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE kept AS {select}")
+        self.con.execute("RESET preserve_insertion_order")
         self.con.execute("CREATE OR REPLACE TEMP VIEW lines AS SELECT * FROM kept")
         # The copy has the time parsed, the weight computed and the window applied.
         self.ts_sql, self.weight_sql, self._windowed = "ts", "weight", True

@@ -150,6 +150,7 @@ def failures_sql(logs: Logs) -> str:
     FROM lines
     WHERE (({logs.access_sql}) AND (event IN ({failed}) OR status_code >= 500))
        OR (exception IS NOT NULL AND {logs.window.sql(logs.ts_sql)})
+    ORDER BY ts NULLS LAST, request_id NULLS LAST, event, error_message NULLS LAST
     """
 
 

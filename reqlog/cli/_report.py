@@ -77,9 +77,10 @@ def _access(logs: Logs) -> str:
 
 def buckets_sql(logs: Logs, low: int, width: int) -> str:
     """Per bucket of *width* minutes from minute *low*: requests by class and percentiles."""
-    pcts = ", ".join(f"{_stats.percentile_sql(p)} AS p{p}" for p in _stats.PERCENTILES)
+    pcts = ", ".join(f"p.p{p}" for p in _stats.PERCENTILES)
+    durations = "SELECT slot AS key, d, w FROM a"
     return f"""
-    WITH a AS (
+    WITH a AS MATERIALIZED (
         SELECT {low} + (CAST(floor(epoch(ts) / 60) AS BIGINT) - {low}) // {width} * {width}
                AS slot, d, w, s, failed
         FROM ({_access(logs)}) WHERE ts IS NOT NULL
@@ -88,13 +89,9 @@ def buckets_sql(logs: Logs, low: int, width: int) -> str:
                coalesce(sum(w) FILTER (WHERE s >= 500 OR failed), 0) AS c5,
                coalesce(sum(w) FILTER (WHERE s BETWEEN 400 AND 499 AND NOT failed), 0) AS c4
         FROM a GROUP BY slot
-    ), ranked AS (
-        SELECT slot, d, sum(w) OVER (PARTITION BY slot ORDER BY d) AS cum,
-               sum(w) OVER (PARTITION BY slot) AS tot
-        FROM (SELECT slot, d, sum(w) AS w FROM a GROUP BY slot, d)
     )
-    SELECT c.*, p.* EXCLUDE (slot) FROM counts c
-    JOIN (SELECT slot, {pcts} FROM ranked GROUP BY slot) p USING (slot) ORDER BY slot
+    SELECT c.*, {pcts} FROM counts c
+    JOIN ({_stats.percentiles_sql(durations)}) p ON p.key = c.slot ORDER BY slot
     """
 
 
@@ -130,7 +127,8 @@ def collect(logs: Logs) -> Collected:
     ):
         data.statuses[int(status)] = float(count)
     slowest = f"SELECT d, s, request_id, method, path, event FROM ({_access(logs)})"
-    for r in logs.rows(f"{slowest} ORDER BY d DESC LIMIT {_MAX_SLOWEST}"):
+    order = "d DESC, ts NULLS LAST, request_id NULLS LAST"  # ties: the earliest first
+    for r in logs.rows(f"{slowest} ORDER BY {order} LIMIT {_MAX_SLOWEST}"):
         method = r["method"] or ("WS" if str(r["event"]).startswith("websocket") else "-")
         what = f"{method} {r['path']}"
         data.slowest.append((float(r["d"]), str(r["request_id"] or ""), what, str(r["s"])))

@@ -68,7 +68,7 @@ def run(
     err: TextIO,
 ) -> int:
     """The ``sql`` command."""
-    with Logs(names, window, threads=threads, events=True) as logs:
+    with Logs(names, window, threads=threads, views=True) as logs:
         for problem in logs.problems:
             print(f"reqlog: {safe(problem)}", file=err)
         try:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ._engine import Logs, Window, epoch_seconds
-from ._events import format_time
 from ._safe import safe
 
 GROUPINGS = ("route", "path", "status", "user", "method", "service")
@@ -50,6 +49,74 @@ def percentile_sql(p: float | str, cum: str = "cum", total: str = "tot", value: 
     to rounding.
     """
     return f"min({value}) FILTER (WHERE {cum} * 100 >= ({p}) * {total} * (1 - 1e-12))"
+
+
+#: Durations are ranked in two steps (see :func:`percentiles_sql`): first by bucket, 64 buckets
+#: per unit of ``ln(1 + |d|)`` (each about 1.6% of its durations wide), then exactly inside the
+#: one bucket that holds each percentile.
+_BUCKETS_PER_LN = 64
+#: The bucket of +inf and NaN (which DuckDB sorts after every number); -inf gets its negative.
+#: Finite durations stay within +-ln(1.8e308) * 64, about 45,000.
+_OUTSIDE = 1 << 20
+
+
+def bucket_sql(value: str) -> str:
+    """A BIGINT that never decreases as *value* grows: the coarse rank of a duration.
+
+    ``sign(d) * floor(ln(1 + |d|) * 64)``: about 1.6% of the value wide above a millisecond,
+    finer below, the same for negative values (which a hostile log may hold) mirrored.
+    """
+    return (
+        f"CASE WHEN isfinite({value})"
+        f" THEN CAST(sign({value}) * floor(ln(1 + abs({value})) * {_BUCKETS_PER_LN}) AS BIGINT)"
+        f" WHEN {value} > 0 THEN {_OUTSIDE} ELSE -{_OUTSIDE} END"
+    )
+
+
+def percentiles_sql(source: str, shares: Sequence[int] = PERCENTILES) -> str:
+    """Weighted nearest-rank percentiles of ``d`` per ``key``, from *source* (``key, d, w``).
+
+    The answer is :func:`percentile_sql`'s, found without sorting every duration: durations
+    are summed by bucket (:func:`bucket_sql`, a few thousand per key), the buckets ranked, and
+    for each share the bucket where the cumulative weight reaches it is ranked duration by
+    duration, starting from the weight of the buckets before it. As buckets never decrease
+    with the duration, that is the cumulative weight of every duration. One row per key,
+    with a column ``p{share}`` for each share.
+    """
+
+    # percentile_sql's test: the cumulative weight reaches p% of the total (in percent, with
+    # a relative tolerance of 1e-12), at the end of a bucket and at a duration inside one.
+    def reaches(cum: str, p: int) -> str:
+        return f"({cum}) * 100 >= {p} * tot * (1 - 1e-12)"
+
+    cuts = ", ".join(f"min(b) FILTER (WHERE {reaches('before + bw', p)}) AS b{p}" for p in shares)
+    inside = ", ".join(f"b{p}" for p in shares)
+    # The bucket's last duration when rounding leaves the sum inside it just short of the
+    # share its total reached.
+    picks = ", ".join(
+        f"coalesce(min(d) FILTER (WHERE b = b{p} AND {reaches('before + cum', p)}),"
+        f" max(d) FILTER (WHERE b = b{p})) AS p{p}"
+        for p in shares
+    )
+    return f"""
+    WITH src AS MATERIALIZED (
+        SELECT key, d, w, {bucket_sql("d")} AS b FROM ({source})
+    ), buckets AS (
+        SELECT key, b, bw, sum(bw) OVER (PARTITION BY key) AS tot,
+               coalesce(sum(bw) OVER (PARTITION BY key ORDER BY b
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                 AS before
+        FROM (SELECT key, b, sum(w) AS bw FROM src GROUP BY key, b)
+    ), cuts AS (
+        SELECT key, {cuts} FROM buckets GROUP BY key
+    )
+    SELECT key, {picks} FROM (
+        SELECT key, b, d, before, tot, {inside},
+               sum(w) OVER (PARTITION BY key, b ORDER BY d) AS cum
+        FROM src JOIN cuts USING (key) JOIN buckets USING (key, b)
+        WHERE b IN ({inside})
+    ) GROUP BY key
+    """
 
 
 @dataclass
@@ -135,58 +202,50 @@ _GROUP_KEYS = {
 def stats_sql(logs: Logs, by: str) -> str:
     """The one statement behind ``stats``: one row per group and a ``(all)`` row.
 
-    One scan and one aggregation: access events are summed by group and duration (``hist``:
-    far fewer rows than events, as durations repeat), and the lines that are not events fall
-    into one row of their own (``junk``). Everything else comes from ``hist``: the group
-    figures as sums over it, the percentiles by ranking its durations with their summed
-    weights, which gives the same answer as ranking every event.
+    One scan feeds two aggregations: ``seen``, over every line kept (the lines that are not
+    events, the time span), and ``hist``, the access events summed by group, duration and
+    kind (4xx, 5xx or failed, slow: bits of ``kind``), far fewer rows than events. The group
+    figures and the ``(all)`` row are sums over ``hist`` (grouping sets); the percentiles come
+    from :func:`percentiles_sql` over its durations, each group numbered (``gid``) and the
+    ``(all)`` row ranking every group's durations together.
     """
     columns = _GROUP_COLUMNS[by]
     raw = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns))
     groups = ", ".join(f"g{i}" for i in range(len(columns)))
-    same = " AND ".join(f"pg.g{i} IS NOT DISTINCT FROM agg.g{i}" for i in range(len(columns)))
-    pcts = ", ".join(f"{percentile_sql(p)} AS p{p}" for p in PERCENTILES)
-    picks = ", ".join(f"coalesce(pg.p{p}, pa.p{p}) AS p{p}" for p in PERCENTILES)
-    return f"""
-    WITH hist AS (
-        SELECT junk, alien, {groups}, d, sum(w) AS w, count(*) AS n,
-               sum(w) FILTER (WHERE s BETWEEN 400 AND 499) AS c4,
-               sum(w) FILTER (WHERE s >= 500 OR failed) AS c5,
-               sum(w) FILTER (WHERE slow) AS slow,
-               min(ts) AS first, max(ts) AS last
-        FROM (
-            SELECT junk, alien, {raw}, coalesce(duration_ms, 0) AS d,
-                   {logs.weight_sql} AS w, status_code AS s, is_failed AS failed,
-                   slow IS TRUE AS slow, {logs.ts_sql} AS ts
-            FROM lines WHERE ({logs.access_sql}) OR junk OR alien
-        )
-        GROUP BY junk, alien, {groups}, d
-    ), acc AS (
-        SELECT * FROM hist WHERE NOT junk AND NOT alien
-    ), pg AS (
-        SELECT {groups}, {pcts} FROM (
-            SELECT {groups}, d, sum(w) OVER (PARTITION BY {groups} ORDER BY d) AS cum,
-                   sum(w) OVER (PARTITION BY {groups}) AS tot FROM acc
-        ) GROUP BY {groups}
-    ), pa AS (
-        SELECT {pcts} FROM (
-            SELECT d, sum(w) OVER (ORDER BY d) AS cum, sum(w) OVER () AS tot
-            FROM (SELECT d, sum(w) AS w FROM acc GROUP BY d)
-        )
-    ), agg AS (
-        SELECT grouping({groups}) > 0 AS is_total, {groups}, sum(w) AS count,
-               sum(n) AS events, coalesce(sum(c4), 0) AS c4, coalesce(sum(c5), 0) AS c5,
-               coalesce(sum(slow), 0) AS slow, sum(w * d) AS total, max(d) AS max,
-               epoch(min(first)) AS first, epoch(max(last)) AS last
-        FROM acc GROUP BY GROUPING SETS (({groups}), ())
+    same = " AND ".join(f"h.g{i} IS NOT DISTINCT FROM f.g{i}" for i in range(len(columns)))
+    durations = (
+        f"SELECT f.gid AS key, h.d, h.w FROM hist h JOIN figures f ON NOT f.is_total AND {same}"
+        " UNION ALL SELECT f.gid, h.d, h.w FROM hist h JOIN figures f ON f.is_total"
     )
-    SELECT agg.* EXCLUDE ({groups}),
-           CASE WHEN NOT agg.is_total THEN {_GROUP_KEYS[by].format(g0="agg.g0", g1="agg.g1")}
-           END AS key,
-           {picks}, coalesce((SELECT sum(n) FROM hist WHERE junk), 0) AS skipped,
-           coalesce((SELECT sum(n) FROM hist WHERE alien), 0) AS alien
-    FROM agg LEFT JOIN pg ON NOT agg.is_total AND {same}
-    LEFT JOIN pa ON agg.is_total
+    key = _GROUP_KEYS[by].format(g0="f.g0", g1="f.g1")
+    pcts = ", ".join(f"p.p{p}" for p in PERCENTILES)
+    return f"""
+    WITH kept AS (
+        SELECT junk, alien, {raw}, coalesce(duration_ms, 0) AS d, {logs.weight_sql} AS w,
+               CASE WHEN status_code BETWEEN 400 AND 499 THEN 1 ELSE 0 END
+               + CASE WHEN status_code >= 500 OR is_failed THEN 2 ELSE 0 END
+               + CASE WHEN slow IS TRUE THEN 4 ELSE 0 END AS kind,
+               {logs.ts_sql} AS ts
+        FROM lines WHERE ({logs.access_sql}) OR junk OR alien
+    ), seen AS (
+        SELECT count(*) FILTER (WHERE junk) AS skipped, count(*) FILTER (WHERE alien) AS alien,
+               epoch(min(ts) FILTER (WHERE NOT junk AND NOT alien)) AS first,
+               epoch(max(ts) FILTER (WHERE NOT junk AND NOT alien)) AS last
+        FROM kept
+    ), hist AS (
+        SELECT {groups}, d, kind, sum(w) AS w, count(*) AS n
+        FROM kept WHERE NOT junk AND NOT alien GROUP BY {groups}, d, kind
+    ), figures AS (
+        SELECT grouping({groups}) > 0 AS is_total, {groups}, sum(w) AS count,
+               sum(n) AS events, coalesce(sum(w) FILTER (WHERE kind & 1 <> 0), 0) AS c4,
+               coalesce(sum(w) FILTER (WHERE kind & 2 <> 0), 0) AS c5,
+               coalesce(sum(w) FILTER (WHERE kind & 4 <> 0), 0) AS slow,
+               sum(w * d) AS total, max(d) AS max, row_number() OVER () AS gid
+        FROM hist GROUP BY GROUPING SETS (({groups}), ())
+    )
+    SELECT f.* EXCLUDE ({groups}, gid), CASE WHEN NOT f.is_total THEN {key} END AS key,
+           {pcts}, s.skipped, s.alien, s.first, s.last
+    FROM figures f LEFT JOIN ({percentiles_sql(durations)}) p ON p.key = f.gid CROSS JOIN seen s
     """
 
 
@@ -347,6 +406,8 @@ def run(
         }
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    from ._events import format_time  # here: --json and the engine do not need it
+
     when = (
         f"{format_time(result.first)} to {format_time(result.last)} UTC"
         if result.first is not None and result.last is not None
