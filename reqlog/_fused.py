@@ -30,6 +30,7 @@ from structlog.typing import Processor
 from reqlog import context
 from reqlog._emit import ACCESS_LOGGER, OutputLogger, emit_access
 from reqlog._foreign import STRUCTLOG_CONTEXT_VARS
+from reqlog._render import JSONRenderer
 from reqlog._state import STATE
 from reqlog.processors import IsoTimeStamper, Redactor
 
@@ -82,7 +83,9 @@ class FusedChain:
     __slots__ = (
         "min_level",
         "processors",
+        "redact",
         "redactor",
+        "render",
         "renderer",
         "request_keys",
         "request_plan",
@@ -119,6 +122,9 @@ class FusedChain:
         self.trace_guard = trace_guard
         self.redactor = redactor
         self.renderer = renderer
+        # Their __call__ as bound methods: calling an instance looks __call__ up every time.
+        self.redact = None if redactor is None else redactor.__call__
+        self.render = renderer.__call__ if isinstance(renderer, JSONRenderer) else renderer
         self.rest = tuple(rest)
         # The common request's event, key by key (request()), and what the Redactor does to it.
         self.request_keys = (*_REQUEST_KEYS, *(("service",) if service is not None else ()))
@@ -154,9 +160,10 @@ class FusedChain:
             for processor in self.rest:
                 result = processor(logger, method, result)
             return result
-        if self.redactor is not None:
-            event_dict = self.redactor(logger, method, event_dict)
-        return self.renderer(logger, method, event_dict)
+        redact = self.redact
+        if redact is not None:
+            event_dict = redact(logger, method, event_dict)
+        return self.render(logger, method, event_dict)
 
     # -- the access event ----------------------------------------------------------------------
 
@@ -274,7 +281,7 @@ class FusedChain:
                             event_dict[key] = new
                 else:  # trace IDs were added
                     event_dict = redactor(_ACCESS, name, event_dict)
-            line: Any = self.renderer(_ACCESS, name, event_dict)
+            line: Any = self.render(_ACCESS, name, event_dict)
         except _DropEvent:
             return
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
