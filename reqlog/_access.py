@@ -14,13 +14,19 @@ from typing import Any, Final
 
 from reqlog.processors import SlowRequests, StatusLevels
 
-__all__ = ["AccessLog", "Emit", "FusedRequest"]
+__all__ = ["REQUEST_FIELDS", "AccessLog", "Emit", "FusedRequest"]
 
 #: (level, event name, fields) -> None: writes one access event.
 Emit = Callable[[int, str, dict[str, Any]], None]
-#: (level, method, path, route, query, status, duration, user agent, HTTP version, bytes sent)
-#: -> None: writes the common request's ``request_completed`` (reqlog._fused).
+#: (level, *the values of REQUEST_FIELDS) -> None: writes the common request's
+#: ``request_completed`` (reqlog._fused).
 FusedRequest = Callable[..., None]
+#: The common request's fields, in the order the middleware hands their values over.
+REQUEST_FIELDS: Final = (
+    *("method", "path", "route", "query", "status_code", "duration_ms", "user_agent"),
+    *("http_version", "response_bytes"),
+)
+_STATUS: Final = REQUEST_FIELDS.index("status_code")
 
 _ERROR: Final = logging.ERROR
 _WARNING: Final = logging.WARNING
@@ -47,42 +53,16 @@ class AccessLog:
         # slowness) and the chain is fused: see request().
         self.fused = fused if self.table is not None and self.slow is None else None
 
-    def request(
-        self,
-        method: Any,
-        path: Any,
-        route: str | None,
-        query: str,
-        status: Any,
-        duration: Any,
-        user_agent: str | None,
-        http_version: Any,
-        sent: int,
-    ) -> None:
+    def request(self, *values: Any) -> None:
         """The common case: a request whose response went out whole, with nothing to add to
-        its nine fields (no proxy, no rejected ID, no capture). The same event as
-        ``completed()`` with those fields in this order."""
+        its nine fields (no proxy, no rejected ID, no capture), their values given in the
+        order of :data:`REQUEST_FIELDS`. The same event as ``completed()`` with those fields."""
         fused = self.fused
         if fused is not None:
             assert self.table is not None
-            level = self.table.get(status, _ERROR)
-            fused(
-                level, method, path, route, query, status, duration, user_agent, http_version, sent
-            )
+            fused(self.table.get(values[_STATUS], _ERROR), *values)
             return
-        self.completed(
-            {
-                "method": method,
-                "path": path,
-                "route": route,
-                "query": query,
-                "status_code": status,
-                "duration_ms": duration,
-                "user_agent": user_agent,
-                "http_version": http_version,
-                "response_bytes": sent,
-            }
-        )
+        self.completed(dict(zip(REQUEST_FIELDS, values, strict=True)))
 
     def completed(
         self, fields: dict[str, Any], event: str = "request_completed", min_level: int = 0

@@ -17,7 +17,9 @@ import structlog
 from reqlog._state import STATE
 
 __all__ = [
+    "ACCESS",
     "ACCESS_LOGGER",
+    "METHOD_NAMES",
     "BoundLogger",
     "OutputLogger",
     "apply_level",
@@ -97,8 +99,9 @@ def level_methods(level: int) -> dict[str, Any]:
 
 apply_level(logging.INFO)
 
-_ACCESS = OutputLogger(ACCESS_LOGGER)
-_METHOD_NAMES: Final = {
+#: The wrapped logger access events are written through, and the method for each level.
+ACCESS: Final = OutputLogger(ACCESS_LOGGER)
+METHOD_NAMES: Final = {
     logging.DEBUG: "debug",
     logging.INFO: "info",
     logging.WARNING: "warning",
@@ -118,18 +121,18 @@ def emit_access(level: int, event: str, fields: dict[str, Any]) -> None:
     settings = STATE.settings
     if settings is None or level < settings.level:
         return
-    method = _METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+    method = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
     fields["event"] = event
     try:
         result: Any = fields
         for processor in STATE.processors:
-            result = processor(_ACCESS, method, result)
+            result = processor(ACCESS, method, result)
     except structlog.DropEvent:
         return
     except Exception as exc:  # noqa: BLE001 - logging never breaks the app
         STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
         return
-    write = getattr(_ACCESS, method, _ACCESS.msg)
+    write = getattr(ACCESS, method, ACCESS.msg)
     if isinstance(result, tuple):
         write(*result[0], **result[1])
     elif isinstance(result, dict):

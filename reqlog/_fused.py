@@ -28,7 +28,8 @@ import structlog
 from structlog.typing import Processor
 
 from reqlog import context
-from reqlog._emit import ACCESS_LOGGER, OutputLogger, emit_access
+from reqlog._access import REQUEST_FIELDS
+from reqlog._emit import ACCESS, ACCESS_LOGGER, METHOD_NAMES, OutputLogger, emit_access
 from reqlog._foreign import STRUCTLOG_CONTEXT_VARS
 from reqlog._render import JSONRenderer
 from reqlog._state import STATE
@@ -36,20 +37,12 @@ from reqlog.processors import IsoTimeStamper, Redactor
 
 __all__ = ["FusedChain"]
 
-_METHOD_NAMES: Final = {
-    logging.DEBUG: "debug",
-    logging.INFO: "info",
-    logging.WARNING: "warning",
-    logging.ERROR: "error",
-    logging.CRITICAL: "critical",
-}
 #: structlog's ``map_method_name``: what ``add_log_level`` writes for a method name.
 _LEVEL_NAMES: Final = {"warn": "warning", "exception": "error"}
 #: The wrapped logger's methods that hand a line on as important (the last a full queue drops).
 _IMPORTANT: Final = frozenset(
     {"warning", "warn", "error", "critical", "exception", "fatal", "failure"}
 )
-_ACCESS: Final = OutputLogger(ACCESS_LOGGER)
 _RID: Final = "request_id"
 _IP: Final = "client_ip"
 #: The common request's event, key by key: the request context's two fields, the
@@ -174,22 +167,19 @@ class FusedChain:
         if self._generic():
             emit_access(level, event, fields)
             return
-        method = _METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+        method = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
         fields["event"] = event
         try:
             event_dict: Any = fields
             if STRUCTLOG_CONTEXT_VARS:
-                event_dict = _merge_structlog(_ACCESS, method, event_dict)
-            line = self._line(_ACCESS, method, event_dict)
+                event_dict = _merge_structlog(ACCESS, method, event_dict)
+            line = self._line(ACCESS, method, event_dict)
         except _DropEvent:
             return
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
             STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
             return
-        if method in _IMPORTANT:
-            STATE.output.write(line, logging.WARNING)
-        else:
-            STATE.output.write(line)
+        STATE.output.write(line, logging.WARNING if method in _IMPORTANT else logging.INFO)
 
     def request(
         self,
@@ -218,34 +208,32 @@ class FusedChain:
             return
         ctx = _CURRENT.get()
         processors = self.processors
-        if (
+        common = not (
             ctx is None
             or STRUCTLOG_CONTEXT_VARS
             or STATE.captures
             or not processors
             or processors[-1] is not self.renderer
-        ):
-            self._request_fields(level, method, path, route, query, status, duration,
-                                 user_agent, http_version, sent)  # fmt: skip
+        )
+        if common:
+            assert ctx is not None
+            if ctx.user_pending:
+                ctx.resolve_user()
+            ctx_fields = ctx.fields
+            common = len(ctx_fields) == 2
+        if common:
+            (rid_key, rid), (ip_key, ip) = ctx_fields.items()
+            common = (
+                rid_key == _RID
+                and ip_key == _IP
+                and (type(rid), type(ip), type(method), type(path), type(status), type(duration),
+                     type(http_version)) in _FLAT_REQUEST
+            )  # fmt: skip
+        if not common:
+            values = (method, path, route, query, status, duration, user_agent, http_version, sent)
+            self.access(level, "request_completed", dict(zip(REQUEST_FIELDS, values, strict=True)))
             return
-        if ctx.user_pending:
-            ctx.resolve_user()
-        ctx_fields = ctx.fields
-        if len(ctx_fields) != 2:
-            self._request_fields(level, method, path, route, query, status, duration,
-                                 user_agent, http_version, sent)  # fmt: skip
-            return
-        (rid_key, rid), (ip_key, ip) = ctx_fields.items()
-        if (
-            rid_key != _RID
-            or ip_key != _IP
-            or (type(rid), type(ip), type(method), type(path), type(status), type(duration),
-                type(http_version)) not in _FLAT_REQUEST
-        ):  # fmt: skip
-            self._request_fields(level, method, path, route, query, status, duration,
-                                 user_agent, http_version, sent)  # fmt: skip
-            return
-        name = _METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+        name = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
         try:
             event_dict: Any = {
                 _RID: rid,
@@ -268,7 +256,7 @@ class FusedChain:
                 event_dict["service"] = self.service
             if self.trace_guard is not None and self.trace_guard():
                 assert self.trace is not None
-                event_dict = self.trace(_ACCESS, name, event_dict)
+                event_dict = self.trace(ACCESS, name, event_dict)
             redactor = self.redactor
             if redactor is not None:
                 if len(event_dict) == self.request_size:
@@ -280,43 +268,14 @@ class FusedChain:
                         if new is not value:
                             event_dict[key] = new
                 else:  # trace IDs were added
-                    event_dict = redactor(_ACCESS, name, event_dict)
-            line: Any = self.render(_ACCESS, name, event_dict)
+                    event_dict = redactor(ACCESS, name, event_dict)
+            line: Any = self.render(ACCESS, name, event_dict)
         except _DropEvent:
             return
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
             STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
             return
-        if name in _IMPORTANT:
-            STATE.output.write(line, logging.WARNING)
-        else:
-            STATE.output.write(line)
-
-    def _request_fields(
-        self,
-        level: int,
-        method: Any,
-        path: Any,
-        route: str | None,
-        query: str,
-        status: Any,
-        duration: Any,
-        user_agent: str | None,
-        http_version: Any,
-        sent: int,
-    ) -> None:
-        fields = {
-            "method": method,
-            "path": path,
-            "route": route,
-            "query": query,
-            "status_code": status,
-            "duration_ms": duration,
-            "user_agent": user_agent,
-            "http_version": http_version,
-            "response_bytes": sent,
-        }
-        self.access(level, "request_completed", fields)
+        STATE.output.write(line, logging.WARNING if name in _IMPORTANT else logging.INFO)
 
     # -- app events: the bound logger's methods --------------------------------------------------
 
@@ -363,10 +322,7 @@ class FusedChain:
             except Exception as exc:  # noqa: BLE001 - logging never breaks the app
                 STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
                 return None
-            if important:
-                STATE.output.write(line, logging.WARNING)
-            else:
-                STATE.output.write(line)
+            STATE.output.write(line, logging.WARNING if important else logging.INFO)
             return None
 
         method.__name__ = method_name

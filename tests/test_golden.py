@@ -47,6 +47,7 @@ from starlette.websockets import WebSocket
 import reqlog
 import reqlog.testing
 from tests.redaction_corpus import SECRETS
+from tests.test_processors import FakeClock
 
 GOLDEN = Path(__file__).parent / "golden" / "lines.json"
 RECORD = os.environ.get("REQLOG_GOLDEN_RECORD") == "1"
@@ -55,17 +56,7 @@ UA = b"golden/1.0"
 START = datetime.datetime(2026, 3, 4, 5, 6, 7)
 
 
-class Clock:
-    """The middleware's clock: moved by the app, so durations do not depend on the machine."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, ms: float) -> None:
-        self.now += ms / 1000.0
+Clock = FakeClock  # the middleware's clock, moved by the app: durations without the machine
 
 
 class Ids:
