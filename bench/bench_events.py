@@ -33,7 +33,7 @@ from reqlog._state import STATE
 
 REQUEST_ID = "9f3b1c2d4e5f60718293a4b5c6d7e8f9"
 CONTEXT = {"request_id": REQUEST_ID, "client_ip": "10.0.0.1", "user_id": "u-1042"}
-ACCESS = {
+ACCESS: dict[str, Any] = {
     "method": "GET",
     "path": "/items/42",
     "route": "/items/{item_id}",
@@ -120,8 +120,8 @@ def build_cases(sink: Any) -> list[Case]:
     # reqlog's cache of strings known to be clean cannot flatter it. Both sides pay next().
     queries = itertools.cycle([f"q=shoes&page={n}&sort=price" for n in range(5000)])
     fields = {k: v for k, v in ACCESS.items() if k != "query"}
-    head = (ACCESS["method"], ACCESS["path"], ACCESS["route"])
-    tail = tuple(ACCESS[k] for k in ACCESS_AFTER_QUERY)
+    method, path, route = ACCESS["method"], ACCESS["path"], ACCESS["route"]
+    status, duration, agent, version, sent = (ACCESS[k] for k in ACCESS_AFTER_QUERY)
     plain_app, plain_access = PLAIN_APP, PLAIN_ACCESS
 
     def plain_access_event() -> None:
@@ -132,7 +132,7 @@ def build_cases(sink: Any) -> list[Case]:
         # ID, no capture): the nine values to the configured access policy, in their order.
         access = STATE.access
         assert access is not None
-        access.request(*head, next(queries), *tail)
+        access.request(method, path, route, next(queries), status, duration, agent, version, sent)
 
     return [
         Case(plain_app, lambda: plain.info("loading_item", item_id=42), _structlog_request),
