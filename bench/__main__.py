@@ -189,7 +189,8 @@ def events_section(
         "through a file flushed per line (reqlog's background case: its own writer to "
         'os.devnull, flushed). *App event*: `log.info("loading_item", item_id=42)` inside a '
         "request (request ID, client IP, user ID in context). *Access event*: the middleware's "
-        "fields through `_config.emit_access`, a new query string each time. *Instructions*: "
+        "nine values through the configured access policy (`AccessLog.request`), a new query "
+        "string each time. *Instructions*: "
         f"callgrind, {bench_instructions.EVENTS} events after {bench_instructions.WARM_EVENTS}, "
         "each case in its own process. *CPU*: wall time of the calling thread, median of "
         f"{cpu.get('repeats', '?')} interleaved rounds of {cpu.get('iterations', '?')} events in "

@@ -3,12 +3,15 @@
 One process under callgrind (see bench/callgrind.py) runs, each between two marks:
 
 - *in place*: N requests through the bare app, through reqlog's defaults, and through reqlog's
-  defaults with the access event switched off (``_config.emit_access`` a no-op). Their
-  differences split reqlog's overhead exactly into the middleware's part and the event's part;
+  defaults with the access event switched off (levelled by the configured policy, not
+  written). Their differences split reqlog's overhead exactly into the middleware's part and
+  the event's part;
 - *isolated*: each part called N times on the inputs it had in a real request (recorded from
-  one): the request-ID step, entering and leaving the context, the route template, the level
-  policy, ``emit_access``, every processor of the chain on the access event and on an app
-  event, the hand-off to the background writer (flushed, so the writer thread's work counts).
+  one): making a request ID, entering and leaving the context, the route template, the level
+  policy, the access event through the configured policy (the fused path), the app event,
+  every processor of the generic chain on an app event (for reference: the fused path runs
+  the same steps inline or through the same objects), the hand-off to the background writer
+  (flushed, so the writer thread's work counts).
   Each is measured beside the same loop calling a do-nothing function on the same arguments,
   and that loop's count is subtracted.
 
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -77,7 +79,9 @@ class Recorded:
     """What one real request handed to each part, kept to call the parts again in isolation."""
 
     def __init__(self, app: Any) -> None:
-        from reqlog import _config, context
+        from reqlog import _emit, context
+        from reqlog._logger import get_logger
+        from reqlog._state import STATE
         from reqlog.middleware import RequestLoggingMiddleware
 
         self.app = app
@@ -96,31 +100,32 @@ class Recorded:
             await inner_app(scope, receive, send)
             self.routed_scope = scope
 
-        emit = _config.emit_access
-
         def keep_access(level: int, event: str, fields: dict[str, Any]) -> None:
             self.access = dict(fields)
             self.context = context.CURRENT.get()
             with self._recording_chain():
-                emit(level, event, fields)
+                _emit.emit_access(level, event, fields)
 
-        with _patched(layer, "app", keep_scope), _patched(_config, "emit_access", keep_access):
+        # The generic chain, one processor at a time (the fused path runs them inline).
+        assert STATE.access is not None
+        recording = _access_log(STATE.access, keep_access)
+        with _patched(layer, "app", keep_scope), _patched(STATE, "access", recording):
             asyncio.run(_drive(app, 1))
         self.access_chain = self.chain_inputs
         self.chain_inputs = []
         token = context.CURRENT.set(self.context)
         try:
             with self._recording_chain():
-                _config.get_logger("app").info("loading_item", item_id=42)
+                get_logger("app").info("loading_item", item_id=42)
         finally:
             context.CURRENT.reset(token)
         self.app_chain = self.chain_inputs
 
     @contextmanager
     def _recording_chain(self) -> Iterator[None]:
-        from reqlog import _config
+        from reqlog._state import STATE
 
-        chain = list(_config._PROCESSORS)
+        chain = list(STATE.processors)
 
         def recording(processor: Any) -> Any:
             def record(logger: Any, method_name: str, event_dict: Any) -> Any:
@@ -130,11 +135,25 @@ class Recorded:
 
             return record
 
-        _config._PROCESSORS[:] = [recording(p) for p in chain]
+        STATE.processors[:] = [recording(p) for p in chain]
         try:
             yield
         finally:
-            _config._PROCESSORS[:] = chain
+            STATE.processors[:] = chain
+
+
+def _access_log(configured: Any, emit: Any, request: Any = None) -> Any:
+    """An AccessLog levelling as ``configured`` does, emitting through ``emit`` (and
+    ``request``, the one-call path, when given)."""
+    from reqlog._access import AccessLog
+
+    return AccessLog(configured.levels, configured.slow or _no_slowness(), emit, request)
+
+
+def _no_slowness() -> Any:
+    from reqlog.processors import SlowRequests
+
+    return SlowRequests(None, None)
 
 
 @dataclass(frozen=True)
@@ -179,15 +198,17 @@ def _capture_apps() -> dict[str, Any]:
 
 def _stretches(recorded: Recorded) -> list[Stretch]:
     import reqlog
-    from reqlog import _config, middleware
-    from reqlog.middleware import _leave, _route_template
+    from reqlog import _emit
+    from reqlog._routes import route_template
+    from reqlog._state import STATE
+    from reqlog.middleware import _leave
 
     mw = recorded.middleware
     scope = recorded.routed_scope
     request_id = recorded.access.get("request_id") or "0" * 32
     access = recorded.access
-    access_logger = _config._ACCESS
-    output = _config.current_output()
+    access_logger = _emit.ACCESS
+    output = STATE.output
     line = b'{"event":"request_completed"}' * 12 + b"\n"  # an access line's length
     bare_app = bare()
 
@@ -202,35 +223,32 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
 
         return serve
 
-    no_event = (_config, "emit_access", _noop)
-    fixed_id = (mw, "_identify", lambda scope: (scope, request_id, "bench/1.0"))
-    no_context = [(mw, "_enter", _noop), (middleware, "_leave", _noop)]
+    configured = STATE.access
+    assert configured is not None
+    silent = _access_log(configured, _noop, _noop)  # levels the event, writes nothing
+    no_event = (STATE, "access", silent)
+    fixed_id = (mw, "_generator", lambda: request_id)
+    fields = {k: v for k, v in access.items() if k not in ("request_id", "client_ip", "event")}
 
     def policy(n: int) -> None:
-        with _patched(_config, "emit_access", _noop):
+        with _patched(STATE, "access", silent):
             for _ in range(n):
-                mw._completed(dict(access))
+                mw._completed(dict(fields))
 
     stretches = [
         Stretch("bare", "the bare app", REQUESTS, requests(bare_app)),
         Stretch("reqlog", "reqlog defaults", REQUESTS, requests(recorded.app)),
         Stretch(
             "no_event",
-            "reqlog, access event off (`emit_access` a no-op)",
+            "reqlog, access event off (levelled, not written)",
             REQUESTS,
             requests(recorded.app, no_event),
         ),
         Stretch(
             "no_event_no_id",
-            "... and the inbound scope passed on with a fixed ID (`_identify` a constant)",
+            "... and a fixed request ID (`_generator` a constant)",
             REQUESTS,
             requests(recorded.app, no_event, fixed_id),
-        ),
-        Stretch(
-            "no_event_no_context",
-            "... and no context entered (`_enter`, `_leave` no-ops)",
-            REQUESTS,
-            requests(recorded.app, no_event, *no_context),
         ),
         *(
             Stretch(f"capture:{option}", f"reqlog with `{option}=True`", REQUESTS, requests(app))
@@ -238,9 +256,9 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         ),
         _isolated(
             "identify",
-            "request ID and scope copy (`RequestLoggingMiddleware._identify`)",
-            lambda: mw._identify(scope),
-            lambda: _noop(scope),
+            "a new request ID (`RequestLoggingMiddleware._generator`)",
+            mw._generator,
+            _noop,
         ),
         _isolated(
             "context",
@@ -251,8 +269,8 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         ),
         _isolated(
             "route",
-            "route template (`_route_template`)",
-            lambda: _route_template(scope, "", recorded.app),
+            "route template (`_routes.route_template`)",
+            lambda: route_template(scope, "", recorded.app),
             lambda: _noop(scope, "", recorded.app),
         ),
         Stretch(
@@ -264,9 +282,9 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
         ),
         _isolated(
             "emit",
-            "access event, whole (`_config.emit_access`, writer hand-off included)",
-            lambda: _config.emit_access(logging.INFO, "request_completed", dict(access)),
-            lambda: _noop(logging.INFO, "request_completed", dict(access)),
+            "access event, whole (`AccessLog.request`, the fused path, hand-off included)",
+            lambda: configured.request(*fields.values()),
+            lambda: _noop(*fields.values()),
         ),
         _isolated(
             "handoff",
@@ -275,7 +293,9 @@ def _stretches(recorded: Recorded) -> list[Stretch]:
             lambda: _noop(line),
         ),
     ]
-    for prefix, chain in (("access", recorded.access_chain), ("app", recorded.app_chain)):
+    # The default chain's processors one by one (the fused path calls the same objects for the
+    # time stamp, redaction and rendering, and does the one-key steps inline).
+    for prefix, chain in (("app", recorded.app_chain),):
         for index, (processor, event_dict) in enumerate(chain):
 
             def unit(p: Any = processor, e: Any = event_dict) -> Any:
@@ -372,12 +392,13 @@ def section(results: dict[str, Any]) -> list[str]:
     middleware = cost("no_event") - cost("bare")
     event = cost("reqlog") - cost("no_event")
     request_id = cost("no_event") - cost("no_event_no_id")
-    context = cost("no_event") - cost("no_event_no_context")
+    context = cost("context")
     rows: list[tuple[str, float, str]] = [
         ("**reqlog's overhead over the bare app**", overhead, "in place"),
         ("**the middleware** (the access event off)", middleware, "in place"),
         (
-            "&nbsp;&nbsp;request ID: header scan, validation or a new ID, scope copy",
+            "&nbsp;&nbsp;request ID: making a new one (the header scan and the scope copy are "
+            "in the rest)",
             request_id,
             f"in place; alone {_k(cost('identify'))}",
         ),
@@ -385,19 +406,23 @@ def section(results: dict[str, Any]) -> list[str]:
             "&nbsp;&nbsp;context: RequestContext, structlog snapshot, 2 context variables, "
             "Sentry hook; enter and leave",
             context,
-            f"in place; alone {_k(cost('context'))}",
+            "alone",
         ),
         ("&nbsp;&nbsp;route template", cost("route"), "alone"),
         ("&nbsp;&nbsp;level and slowness policy", cost("policy"), "alone"),
         (
-            "&nbsp;&nbsp;the rest: coroutine, 3 closures, send/receive wrappers, ID echo, "
-            "fields dict, clock",
+            "&nbsp;&nbsp;the rest: coroutine, header scan, scope copy, the responder object and "
+            "its receive/send, ID echo, clock",
             middleware - request_id - context - cost("route") - cost("policy"),
             "by difference",
         ),
-        ("**the access event** (`emit_access`)", event, f"in place; alone {_k(cost('emit'))}"),
+        (
+            "**the access event** (fused: `AccessLog.request`)",
+            event,
+            f"in place; alone {_k(cost('emit'))}",
+        ),
+        ("&nbsp;&nbsp;writer hand-off (`Output.write`, writer thread)", cost("handoff"), "alone"),
     ]
-    rows += _chain_rows(parts, "access", event, cost("handoff"))
     lines += [
         "| part | instructions/request | share of the overhead | measured |",
         "|---|---:|---:|---|",
@@ -422,29 +447,27 @@ def section(results: dict[str, Any]) -> list[str]:
         "| part | instructions/event | share | measured |",
         "|---|---:|---:|---|",
     ]
-    app_rows = [("**the app event, whole**", app_event, "alone")]
-    app_rows += _chain_rows(parts, "app", app_event, cost("handoff"))
+    handoff = cost("handoff")
+    app_rows = [
+        ("**the app event, whole** (the fused path)", app_event, "alone"),
+        ("&nbsp;&nbsp;writer hand-off (`Output.write`, writer thread)", handoff, "alone"),
+        ("&nbsp;&nbsp;the chain's steps, fused", app_event - handoff, "by difference"),
+    ]
     for label, value, how in app_rows:
         lines.append(f"| {label} | {_k(value)} | {value / app_event:.0%} | {how} |")
-    return lines
-
-
-def _chain_rows(
-    parts: dict[str, Any], prefix: str, whole: float, handoff: float
-) -> list[tuple[str, float, str]]:
-    rows = []
+    lines += [
+        "",
+        "For reference, the generic chain's processors one by one on the same event (alone; "
+        "the fused path does the one-key steps inline and calls the same time stamper, "
+        "Redactor and renderer, so these add up to more than it costs):",
+        "",
+        "| processor | instructions/event |",
+        "|---|---:|",
+    ]
     for name, part in parts.items():
-        if name.startswith(f"{prefix}:"):
-            rows.append((f"&nbsp;&nbsp;processor `{part['what']}`", part["instructions"], "alone"))
-    rows.append(("&nbsp;&nbsp;writer hand-off (`Output.write`, writer thread)", handoff, "alone"))
-    rest = whole - sum(value for _, value, _ in rows)
-    label = (
-        "emit_access's own work, and what the parts alone miss"
-        if prefix == "access"
-        else "structlog's bound logger (`_proxy_to_logger`, context copy), the rest"
-    )
-    rows.append((f"&nbsp;&nbsp;{label}", rest, "by difference"))
-    return rows
+        if name.startswith("app:"):
+            lines.append(f"| `{part['what']}` | {_k(part['instructions'])} |")
+    return lines
 
 
 def main() -> None:

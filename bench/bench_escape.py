@@ -3,7 +3,7 @@
 The first rows isolate the check JSONRenderer runs on every rendered line (and the rewrite
 for a line that needs it), less the cost of the bare loop. The others render one
 access-sized event through reqlog's real entry point
-(``_config.emit_access``, the default chain, output to ``os.devnull``) 200 and then 1200
+(``_emit.emit_access``, the default chain, output to ``os.devnull``) 200 and then 1200
 times under valgrind's callgrind; the difference over 1000 is its instructions per event,
 start-up cancelled. ``--against DIR`` runs the same cases with the reqlog package found in
 DIR (a checkout of an earlier commit, say ``git archive main reqlog | tar -x -C DIR``), so
@@ -80,7 +80,7 @@ def drive(case: str, events: int) -> None:
         _drive_check(case, events)
         return
     import reqlog
-    from reqlog import _config, context
+    from reqlog import _emit, context
 
     fmt, extra = CASES[case]
     with open(os.devnull, "wb") as sink:
@@ -90,7 +90,7 @@ def drive(case: str, events: int) -> None:
         )
         try:
             for _ in range(events):
-                _config.emit_access(logging.INFO, "request_completed", {**ACCESS, **extra})
+                _emit.emit_access(logging.INFO, "request_completed", {**ACCESS, **extra})
         finally:
             context.CURRENT.reset(token)
 

@@ -69,8 +69,8 @@ def _app(watch: bool) -> FastAPI:
 
 async def _registration(count: int, steps: bool) -> None:
     # The statements RequestLoggingMiddleware.__call__ runs per request for the watch, on the
-    # real _InFlight: the loop check, the watch closure, the set insertion and removal.
-    from reqlog import middleware
+    # real InFlight: the loop check, the watch closure, the set insertion and removal.
+    from reqlog import _lifecycle, middleware
 
     holder = middleware.RequestLoggingMiddleware(FastAPI())
     get_loop = middleware._get_running_loop
@@ -83,7 +83,7 @@ async def _registration(count: int, steps: bool) -> None:
         loop = get_loop()
         inflight = holder._in_flight
         if inflight is None or inflight.loop is not loop:
-            inflight = holder._in_flight = middleware._InFlight(loop)
+            inflight = holder._in_flight = _lifecycle.InFlight(loop)
 
         def watch() -> None:
             if ahead is None and not reading and not response_complete:

@@ -6,10 +6,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reqlog._config import configure, default_processors, get_logger
+    from reqlog._configure import configure, default_processors
+    from reqlog._logger import get_logger
+    from reqlog._state import flush, output_stats
     from reqlog.context import bind, bind_user, get_request_id
     from reqlog.middleware import RequestLoggingMiddleware
-    from reqlog.output import flush, output_stats
     from reqlog.processors import Redactor
 
     __version__: str
@@ -17,15 +18,15 @@ if TYPE_CHECKING:
 # Imported when first used (PEP 562): the ``reqlog`` command imports this package too, and
 # should not pay for structlog and Starlette before it reads a single line.
 _LAZY = {
-    "configure": "reqlog._config",
-    "default_processors": "reqlog._config",
-    "get_logger": "reqlog._config",
+    "configure": "reqlog._configure",
+    "default_processors": "reqlog._configure",
+    "get_logger": "reqlog._logger",
     "bind": "reqlog.context",
     "bind_user": "reqlog.context",
     "get_request_id": "reqlog.context",
     "RequestLoggingMiddleware": "reqlog.middleware",
-    "flush": "reqlog.output",
-    "output_stats": "reqlog.output",
+    "flush": "reqlog._state",
+    "output_stats": "reqlog._state",
     "Redactor": "reqlog.processors",
 }
 

@@ -26,7 +26,6 @@ import orjson
 from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
 
-from reqlog import _config
 from reqlog.processors import drop_cut_token
 
 __all__ = ["Capture", "CaptureOptions", "describe_body", "header_mapping"]
@@ -176,9 +175,17 @@ class _Body:
 class Capture:
     """One request's capture: wraps ``receive`` and ``send``, then builds the event fields.
 
-    >>> capture = Capture(options, scope)
-    >>> receive, send = capture.wrap_receive(receive), capture.wrap_send(send)
-    >>> event.update(capture.fields())  # once the response is done
+    >>> import asyncio
+    >>> options = CaptureOptions.create(
+    ...     log_request_body=True, log_response_body=True, body_max_bytes=64, log_headers=False
+    ... )
+    >>> capture = Capture(options, {"headers": [(b"content-type", b"application/json")]})
+    >>> async def receive():
+    ...     return {"type": "http.request", "body": b'{"sku": "A1"}', "more_body": False}
+    >>> receive = capture.wrap_receive(receive)  # and send = capture.wrap_send(send)
+    >>> message = asyncio.run(receive())  # the app reads its body through it
+    >>> capture.fields(report=print)  # once the response is done
+    {'request_bytes': 13, 'request_body': {'sku': 'A1'}}
     """
 
     __slots__ = ("options", "request", "request_headers", "response", "response_headers")
@@ -229,14 +236,18 @@ class Capture:
 
         return send_capturing
 
-    def fields(self) -> dict[str, Any]:
-        """The access event's capture fields; parsing happens here, never while data flows."""
+    def fields(self, report: Callable[[str, str], None]) -> dict[str, Any]:
+        """The access event's capture fields; parsing happens here, never while data flows.
+
+        ``report(key, what)`` is told of headers that could not be read (reqlog's stderr
+        report); the event goes on without them.
+        """
         fields: dict[str, Any] = {}
         options = self.options
         if options.log_headers:
-            fields["request_headers"] = _safely(header_mapping, self.request_headers)
+            fields["request_headers"] = _safely(header_mapping, self.request_headers, report)
             if self.response_headers is not None:
-                fields["response_headers"] = _safely(header_mapping, self.response_headers)
+                fields["response_headers"] = _safely(header_mapping, self.response_headers, report)
         request = self.request
         if request is not None:
             fields["request_bytes"] = request.total
@@ -254,11 +265,13 @@ class Capture:
         return fields
 
 
-def _safely(mapping: Callable[[Any], dict[str, Any]], headers: Any) -> dict[str, Any] | None:
+def _safely(
+    mapping: Callable[[Any], dict[str, Any]], headers: Any, report: Callable[[str, str], None]
+) -> dict[str, Any] | None:
     try:
         return mapping(headers)
     except Exception as exc:  # noqa: BLE001 - logging never breaks the app
-        _config.current_output().report("capture", f"could not log the headers: {exc!r}")
+        report("capture", f"could not log the headers: {exc!r}")
         return None
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from reqlog import _foreign
+
 __all__ = [
     "RequestContext",
     "bind",
@@ -128,9 +130,9 @@ def merge_request_context(
     return {**ctx.fields, **event_dict}
 
 
-# structlog creates one ContextVar per key on first bind and keeps them in this dict; while it
-# is empty nothing can need restoring. Private, so looked up defensively.
-_STRUCTLOG_VARS: dict[str, Any] = getattr(structlog.contextvars, "_CONTEXT_VARS", {"?": None})
+# structlog's context variables, one per key ever bound: while there are none, nothing can
+# need merging or restoring (see reqlog._foreign).
+_STRUCTLOG_VARS = _foreign.STRUCTLOG_CONTEXT_VARS
 
 
 def merge_structlog_contextvars(

@@ -1,4 +1,9 @@
-"""Where rendered lines go: streams and files, the background writer, the counters, flush()."""
+"""Where rendered lines go: streams and files, the background writer, its bounds and counters.
+
+A leaf module: it imports nothing of reqlog (structlog's ``_output.py`` is the model). Which
+output is the current one, and ``reqlog.flush()``, are reqlog's live configuration
+(``reqlog._state``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ import logging.handlers
 import multiprocessing
 import os
 import select
-import signal
 import stat
 import sys
 import threading
@@ -29,8 +33,6 @@ __all__ = [
     "Sink",
     "StreamSink",
     "build_sinks",
-    "flush",
-    "output_stats",
 ]
 
 #: How often one sink's failures may be reported on stderr.
@@ -550,8 +552,14 @@ class Output:
         self._render = render or _default_render
         # Reentrant: a SIGTERM handler that flushes may run while the main thread holds it.
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)  # the writer waits for lines
         self._progress = threading.Condition(self._lock)  # flush() and blocked callers wait
+        self._progress_waiters = 0
+        # The writer sleeps on this plain lock (held while nobody rang): see _doze(). A
+        # Condition would cost every line that wakes the writer a few thousand instructions of
+        # Python-level bookkeeping, on both threads.
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._lingering = False
         self._reporter = _Reporter(report_interval)
         # The queue: the lines one after the other in one buffer, and where each ends. orjson
         # hands out its lines in 8 KB allocations whatever their length; copied here, a queued
@@ -606,7 +614,7 @@ class Output:
             self._ends.append(len(self._buf))
             if self._idle:
                 self._idle = False
-                self._wake.notify()
+                self._bell.release()
             elif self._thread is None:
                 self._start()
             if self._through and threading.current_thread() is not self._thread:
@@ -625,9 +633,8 @@ class Output:
                 self._drop_one()
                 return False
             while self._full(size) and self._writer_alive() and not self._abandoned:
-                self._idle = False
-                self._wake.notify()
-                self._progress.wait(0.5)
+                self._wake_writer()
+                self._wait_progress(0.5)
             if not self._full(size) and not self._abandoned:
                 return True
         elif level >= _WARNING and not self._full(size):
@@ -641,8 +648,7 @@ class Output:
             return
         self._overflow_unreported += 1
         if self._idle:
-            self._idle = False
-            self._wake.notify()
+            self._wake_writer()
 
     def _write_now(self, line: bytes) -> None:
         with self._lock:
@@ -672,8 +678,7 @@ class Output:
                 # stderr may be a stalled pipe: the writer's thread waits on it, not the caller.
                 self._reports.append(text)
                 if self._idle:
-                    self._idle = False
-                    self._wake.notify()
+                    self._wake_writer()
                 return
             # After giving up at shutdown, stderr may be the stalled pipe: a bounded attempt.
             timeout = REPORT_TIMEOUT_S if self._abandoned else None
@@ -720,14 +725,13 @@ class Output:
                 else:
                     # Nobody to wait for: done, unless lines (not only a notice) are left.
                     return self.written + self.dropped >= target
-            self._idle = False
-            self._wake.notify()
+            self._wake_writer()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 if give_up:
                     self._abandon()
                 return False
-            self._progress.wait(remaining)
+            self._wait_progress(remaining)
         return True
 
     def finish(self, timeout: float | None = SHUTDOWN_FLUSH_TIMEOUT_S) -> bool:
@@ -778,7 +782,7 @@ class Output:
         self._buf, self._ends = bytearray(), array("Q")
         self._overflow_unreported = 0
         self._owed.clear()
-        self._wake.notify()
+        self._wake_writer()
         self._progress.notify_all()
         names = ", ".join(sink.name for sink in self.sinks)
         text = (
@@ -803,7 +807,7 @@ class Output:
         thread = self._thread
         with self._lock:
             self._closing = True
-            self._wake.notify()
+            self._wake_writer()
         if thread is not None and thread is not threading.current_thread():
             thread.join(0.0 if timeout is None else min(timeout, 1.0))
         _BACKGROUND.discard(self)
@@ -831,11 +835,9 @@ class Output:
                     # Linger before sleeping: lines arriving meanwhile need no wake-up call,
                     # which would cost the caller a thread switch per line; they are written
                     # together when the linger ends. flush() and close() cut it short.
-                    self._wake.wait(LINGER_S)
+                    self._doze(LINGER_S)
                 while not self._has_work():
-                    self._idle = True
-                    self._wake.wait()
-                self._idle = False
+                    self._doze(None)
                 if self._abandoned:
                     return
                 data, ends = self._buf, self._ends
@@ -843,7 +845,7 @@ class Output:
                 reports, self._reports = self._reports, []
                 overflowed, self._overflow_unreported = self._overflow_unreported, 0
                 self._notice_in_flight = overflowed > 0
-                if self.overflow == "block":
+                if self.overflow == "block" and self._progress_waiters:
                     self._progress.notify_all()
                 closing = self._closing and not ends
             for text in reports:
@@ -859,9 +861,43 @@ class Output:
                 self._send_notice(reason, count, owed=True)
             with lock:
                 self._notice_in_flight = False
-                self._progress.notify_all()
+                if self._progress_waiters:
+                    self._progress.notify_all()
                 if self._abandoned or (closing and not self._ends):
                     return
+
+    def _doze(self, timeout: float | None) -> None:
+        """With the lock held (once): sleep until rung (_wake_writer) or ``timeout`` seconds
+        passed, the lock released meanwhile. ``None``: idle, until rung."""
+        if timeout is None:
+            self._idle = True
+        else:
+            self._lingering = True
+        lock = self._lock
+        lock.release()
+        try:
+            rang = self._bell.acquire(True, -1 if timeout is None else timeout)
+        finally:
+            lock.acquire()
+        if not rang:
+            if self._lingering:
+                self._lingering = False  # the linger ended, nobody rang
+            else:
+                self._bell.acquire(False)  # rung just after the timeout: take the ring back
+
+    def _wake_writer(self) -> None:
+        """With the lock held: wake the writer if it lingers or sleeps."""
+        if self._idle or self._lingering:
+            self._idle = self._lingering = False
+            self._bell.release()
+
+    def _wait_progress(self, timeout: float | None) -> None:
+        """With the lock held: wait for the writer to make progress (or ``timeout``)."""
+        self._progress_waiters += 1
+        try:
+            self._progress.wait(timeout)
+        finally:
+            self._progress_waiters -= 1
 
     def _has_work(self) -> bool:
         return bool(
@@ -949,8 +985,11 @@ class Output:
     def _after_fork(self) -> None:
         # The writer thread did not survive fork(); the parent writes what it had queued.
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
+        self._progress_waiters = 0
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._lingering = False
         self._buf, self._ends = bytearray(), array("Q")
         self._reports = []
         self._thread = None
@@ -1004,93 +1043,3 @@ def _reinit_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_after_fork)
-
-
-# --- flushing on its own: SIGTERM -------------------------------------------------------------
-
-
-def _flush_on_sigterm(signum: int, frame: Any) -> None:
-    """Flush (bounded), then die of SIGTERM as if reqlog had never been there.
-
-    uvicorn restores the handler it found at startup, this one, and re-raises SIGTERM after
-    its graceful shutdown; the lines uvicorn logged after the lifespan ended get written.
-    """
-    with contextlib.suppress(Exception):
-        finish_all(timeout=SIGNAL_FLUSH_TIMEOUT_S)
-    signal.signal(signum, signal.SIG_DFL)
-    signal.raise_signal(signum)
-
-
-def install_sigterm_flush() -> None:
-    """Flush on SIGTERM, where nobody else handles it: main thread, default disposition."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    with contextlib.suppress(ValueError, OSError):
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _flush_on_sigterm)
-
-
-# --- module-level API ---------------------------------------------------------------------------
-
-
-def flush(timeout: float | None = None) -> bool:
-    """Block until every event accepted so far is written; ``False`` if ``timeout`` ran out.
-
-    The ``slow_output`` too, when there is one, within the same ``timeout``. With
-    ``configure(otlp=...)``, OpenTelemetry's records too, for at most ``otlp_timeout``
-    seconds: ``False`` also when one of them is still on its way or was lost since the
-    previous flush (a collector that is down).
-
-    >>> reqlog.flush(timeout=2.0)
-    True
-    """
-    from reqlog import _config
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    # OTLP first, never longer than configure(otlp_timeout=...): what it lost is written to
-    # the output as a logs_dropped event, which the output's flush then covers.
-    otlp = _config._STATE.otlp
-    done = otlp.flush(timeout) if otlp is not None else True
-    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-    done = _config.current_output().flush(left) and done
-    slow = _config._STATE.slow_output
-    if slow is not None:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        done = slow.flush(left) and done
-    return done
-
-
-def finish_all(timeout: float) -> None:
-    """The last flush of the output and the ``slow_output`` (Output.finish): at exit, on
-    SIGTERM. Bounded by the shutdown's deadline whatever the sinks do."""
-    from reqlog import _config
-
-    otlp = _config._STATE.otlp
-    if otlp is not None:
-        # First, within otlp_timeout: then the exporter stops, even in the middle of its
-        # retries, and the logs_dropped event for what it lost still reaches the output.
-        otlp.close(timeout)
-    _config.current_output().finish(timeout)
-    slow = _config._STATE.slow_output
-    if slow is not None:
-        slow.finish(timeout)
-
-
-def output_stats() -> OutputStats:
-    """Accepted, written, dropped and error counts of the current output.
-
-    ``accepted == written + dropped`` whenever nothing is waiting in the queue, so right
-    after ``flush()`` returned ``True``. With ``configure(otlp=...)`` the records handed to
-    OpenTelemetry count too (exported as ``written``, lost as ``dropped``), and ``otlp`` has
-    their counts alone.
-    """
-    from reqlog import _config
-
-    stats = _config.current_output().stats()
-    otlp = _config._STATE.otlp
-    otlp_stats = otlp.stats() if otlp is not None else None
-    if otlp_stats is not None:
-        for key in ("accepted", "written", "dropped", "errors"):
-            stats[key] += otlp_stats[key]
-        stats["otlp"] = otlp_stats
-    return stats

@@ -129,6 +129,12 @@ class StatusLevels:
             table.update(exact)
         self._table = table
 
+    def table(self) -> dict[int, int] | None:
+        """Status code -> level, when a table decides (``None`` when a callable does): for
+        callers that look the level up themselves (reqlog's access event). A code missing
+        from it is an error; a slow request is at least a warning."""
+        return None if self._func is not None else self._table
+
     def __call__(self, status_code: int, slow: bool = False) -> int:
         if self._func is not None:
             try:
@@ -873,7 +879,7 @@ class Redactor:
         self._reversed_kinds = _KeyKinds(self._classify_reversed)
         self._clean_text: set[str] = set()
         self._clean_query: set[str] = set()
-        self._shapes: dict[tuple[Any, ...], tuple[tuple[Any, int], ...]] = {}
+        self._shapes: dict[tuple[Any, ...], tuple[tuple[Any, Callable[[Any], Any]], ...]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -925,36 +931,53 @@ class Redactor:
         # order every time it is logged from the same place: the keys that need a look
         # (secret, free-text and query keys) are remembered per key tuple, and the values
         # are checked for containers by C-level calls, never touched one by one in Python.
-        special = self._shapes.get(tuple(event_dict))
-        if special is None:
-            special = self._learn_shape(event_dict)
+        plan = self._shapes.get(tuple(event_dict))
+        if plan is None:
+            plan = self._learn_shape(event_dict)
         if _flat_types(map(type, event_dict.values())):
-            clean_text = self._clean_text
-            for key, kind in special:
+            for key, redact_value in plan:
                 value = event_dict[key]
-                if kind == _TEXT:
-                    if value in clean_text or type(value) is not str:
-                        continue  # a message seen before without secrets, or a number
-                    new = self._scan(value)
-                elif kind == _SECRET:
-                    new = self._mask(value)
-                elif value in self._clean_query or type(value) is not str:
-                    continue
-                else:
-                    new = self.redact_query(value)
+                new = redact_value(value)
                 if new is not value:
                     event_dict[key] = new
             return event_dict
         return self._walk_event(event_dict)
 
-    def _learn_shape(self, event_dict: EventDict) -> tuple[tuple[Any, int], ...]:
+    def plan(self, keys: Iterable[Any]) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
+        """What this Redactor does to an event with these keys (in this order) whose values
+        are all flat (strings, numbers, booleans, None): the keys it looks at, each with the
+        function that returns the value to write (the same object when nothing changes).
+
+        Applying the plan is exactly what calling the Redactor does on such an event, so a
+        caller that knows an event's keys ahead (reqlog's access event, built by the
+        middleware) can skip working out its shape on every call. The other keys are left
+        as they are.
+
+        >>> [key for key, _ in Redactor().plan(["request_id", "query", "password", "event"])]
+        ['query', 'password', 'event']
+        """
         kinds = self._kinds
+        actions = {_TEXT: self._text_value, _SECRET: self._mask, _QUERY: self._query_string}
+        return tuple((key, actions[kinds[key]]) for key in keys if kinds[key] != _PLAIN)
+
+    def _text_value(self, value: Any) -> Any:
+        # A message seen before without secrets, or a number, is written as it is.
+        if value in self._clean_text or type(value) is not str:
+            return value
+        return self._scan(value)
+
+    def _query_string(self, value: Any) -> Any:
+        if value in self._clean_query or type(value) is not str:
+            return value
+        return self.redact_query(value)
+
+    def _learn_shape(self, event_dict: EventDict) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
         shape = tuple(event_dict)
-        special = tuple((key, kinds[key]) for key in shape if kinds[key] != _PLAIN)
+        plan = self.plan(shape)
         if len(self._shapes) >= _MAX_CACHED_SHAPES:
             self._shapes.clear()
-        self._shapes[shape] = special
-        return special
+        self._shapes[shape] = plan
+        return plan
 
     def _walk_event(self, event_dict: EventDict) -> EventDict:
         kinds = self._kinds
@@ -1444,16 +1467,34 @@ class IsoTimeStamper:
 
     def __init__(self, key: str = "timestamp") -> None:
         self.key = key
-        self._cache: tuple[int, str] = (-1, "")
+        # The second (its decimal digits) whose date and time are formatted, and that text.
+        self._cache: tuple[str, str] = ("", "")
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        second, micro = divmod(round(time.time() * 1_000_000), 1_000_000)
+        event_dict[self.key] = self.stamp()
+        return event_dict
+
+    def stamp(self) -> str:
+        """The timestamp for now, as ``__call__`` puts it on an event.
+
+        The microseconds since the epoch, ``round(time.time() * 1_000_000)``, are written out
+        once in decimal: the last six digits are the fraction, the others the second that
+        keys the date and time formatted once per second. No big-integer division, no format
+        specification: the same text as dividing, for about half the work.
+        """
+        micros = round(time.time() * 1_000_000)
+        if micros < 1_000_000:  # before 1970-01-01T00:00:01: the fraction needs arithmetic
+            whole, micro = divmod(micros, 1_000_000)
+            start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            return f"{start}.{micro:06d}Z" if micro else f"{start}Z"
+        digits = f"{micros}"
+        second = digits[:-6]
         cached_second, prefix = self._cache
         if second != cached_second:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(second)))
             self._cache = (second, prefix)
-        event_dict[self.key] = f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
-        return event_dict
+        fraction = digits[-6:]
+        return f"{prefix}Z" if fraction == "000000" else f"{prefix}.{fraction}Z"
 
 
 class WhenPresent:

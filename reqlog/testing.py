@@ -28,7 +28,9 @@ import orjson
 import structlog
 from structlog.typing import EventDict
 
-from reqlog import _config, schemas
+from reqlog import _configure, schemas
+from reqlog._logger import get_logger
+from reqlog._state import STATE
 from reqlog.output import Output, StreamSink
 
 __all__ = [
@@ -43,7 +45,7 @@ __all__ = [
 
 def reset() -> None:
     """Undo configure() and clear structlog's context-local bindings."""
-    _config.reset()
+    _configure.reset()
     structlog.contextvars.clear_contextvars()
 
 
@@ -61,7 +63,7 @@ def capture_logs() -> Generator[list[EventDict], None, None]:
     >>> events[0]["event"]
     'hello'
     """
-    _config.settings()
+    _configure.settings()
     with structlog.testing.capture_logs() as events:
         yield events
 
@@ -81,14 +83,14 @@ def capture_events() -> Generator[list[dict[str, Any]], None, None]:
     '[REDACTED]'
     """
     events: list[dict[str, Any]] = []
-    _config._CAPTURES.append(events)
+    STATE.captures.append(events)
     try:
         yield events
     finally:
         # By identity: two captures may hold equal lists.
-        for index, active in enumerate(_config._CAPTURES):
+        for index, active in enumerate(STATE.captures):
             if active is events:
-                del _config._CAPTURES[index]
+                del STATE.captures[index]
                 break
 
 
@@ -313,32 +315,36 @@ def check_pipeline(**options: Any) -> PipelineReport:
     Returns a :class:`PipelineReport`; raises :class:`PipelineCheckError` (an
     ``AssertionError``, so a failing check reads well in pytest) listing every problem.
 
-    >>> reqlog.configure(processors=[my_processor])
-    >>> reqlog.testing.check_pipeline()
+    >>> def my_processor(logger, method_name, event_dict):
+    ...     event_dict["region"] = "eu-west-1"
+    ...     return event_dict
+    >>> reqlog.configure(processors=[my_processor], output="app.log")
+    >>> reqlog.testing.check_pipeline().ok
+    True
     """
     configured_here = bool(options)
     if configured_here:
-        _config.configure(**{**options, "output": io.BytesIO()})
-    settings = _config.settings()
+        _configure.configure(**{**options, "output": io.BytesIO()})
+    settings = _configure.settings()
     buffer = io.BytesIO()
     output = _RecordingOutput(buffer)
     report = PipelineReport(format=settings.format, schema=settings.schema)
-    stdlib_routed = _config._STATE.handler is not None
+    stdlib_routed = STATE.handler is not None
     if not stdlib_routed:
         report.notes.append("stdlib=False: standard-library records were not checked")
     level = max(settings.level, logging.INFO)
-    log = _config.get_logger("check_pipeline")
+    log = get_logger("check_pipeline")
     std = logging.getLogger("check_pipeline.stdlib")
 
     # Only reqlog's handler sees the battery's records: other handlers (pytest's log capture,
     # which fails a test on a bad %-format) are not what is checked, and get no fake secrets.
-    handler = _config._STATE.handler
+    handler = STATE.handler
     std.handlers = [handler] if handler is not None else []
     std.propagate = False
     std.setLevel(logging.NOTSET)
-    with _config._STATE.lock:
-        previous = _config._STATE.output
-        _config._STATE.output = output
+    with STATE.lock:
+        previous = STATE.output
+        STATE.output = output
     try:
         for case in _CASES:
             if case.stdlib and not stdlib_routed:
@@ -356,8 +362,8 @@ def check_pipeline(**options: Any) -> PipelineReport:
             written = buffer.getvalue()[start:]
             _check_case(report, case, written)
     finally:
-        with _config._STATE.lock:
-            _config._STATE.output = previous
+        with STATE.lock:
+            STATE.output = previous
         std.handlers = []
         std.propagate = True
         if configured_here:

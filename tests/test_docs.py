@@ -1,4 +1,5 @@
-"""The documentation: every python block in docs/*.md and README.md runs, and the site builds.
+"""The documentation: every python block in docs/*.md and README.md runs, every docstring
+example in reqlog/ runs and shows what it says, and the site builds.
 
 A block preceded by ``<!-- no-exec: why -->`` is skipped (it needs a server, or a part not
 there yet); the reason is part of the marker so it can be reviewed.
@@ -6,10 +7,14 @@ there yet); the reason is part of the marker so it can be reviewed.
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import importlib.util
 import inspect
+import io
 import json
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 import reqlog
 from reqlog import schemas
@@ -78,6 +84,43 @@ def test_code_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "docs_example", module)
     exec(compile(block.code, str(block.path) + f":{block.line}", "exec"), module.__dict__)
     reqlog.flush()
+
+
+def _docstring_examples() -> list[doctest.DocTest]:
+    """The ``>>>`` examples of every module of reqlog (its own objects', not imported ones)."""
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    found: list[doctest.DocTest] = []
+    for info in pkgutil.walk_packages(reqlog.__path__, "reqlog."):
+        if info.name == "reqlog.__main__":
+            continue  # runs the command when imported as __main__ only, but has no examples
+        module = importlib.import_module(info.name)
+        found += [test for test in finder.find(module) if test.examples]
+    return sorted(found, key=lambda test: test.name)
+
+
+DOCTESTS = _docstring_examples()
+
+
+@pytest.mark.parametrize("example", DOCTESTS, ids=[test.name for test in DOCTESTS])
+def test_docstring_example_runs(
+    example: doctest.DocTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a reader would run it: reqlog configured (to memory here), ``reqlog``, ``io`` and
+    # ``structlog`` imported, in an empty directory; the autouse fixture resets afterwards.
+    monkeypatch.chdir(tmp_path)
+    reqlog.configure(output=io.BytesIO(), format="json")
+    example.globs = {**example.globs, "reqlog": reqlog, "io": io, "structlog": structlog}
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    report: list[str] = []
+    runner.run(example, out=report.append, clear_globs=False)
+    assert runner.failures == 0, "".join(report)
+
+
+def test_docstring_examples_are_found() -> None:
+    # Guards the finder, as test_the_docs_have_python_blocks guards the Markdown extractor.
+    names = {test.name for test in DOCTESTS}
+    assert {"reqlog._configure.configure", "reqlog.middleware.RequestLoggingMiddleware"} <= names
+    assert len(DOCTESTS) >= 15
 
 
 def test_the_docs_have_python_blocks() -> None:

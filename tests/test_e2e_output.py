@@ -58,7 +58,7 @@ APP = textwrap.dedent(
 
     @app.get("/_stats")
     async def stats() -> dict[str, int]:
-        out = reqlog._config.current_output()
+        out = reqlog._state.STATE.output
         return {
             **reqlog.output_stats(),
             "queued": len(out._ends),

@@ -158,8 +158,8 @@ def test_worker_keeps_reqlogs_logging(celery_app: Celery) -> None:
     # Celery's worker sets up logging unless a setup_logging receiver exists; reqlog's
     # configures reqlog (from REQLOG_*) instead, and the root logger keeps its handler.
     signals.setup_logging.send(sender=None, loglevel=logging.INFO, logfile=None)
-    assert reqlog._config.is_configured()
-    assert reqlog._config._STATE.handler in logging.getLogger().handlers
+    assert reqlog._configure.is_configured()
+    assert reqlog._state.STATE.handler in logging.getLogger().handlers
 
 
 def test_setup_twice_connects_once(celery_app: Celery) -> None:

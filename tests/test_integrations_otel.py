@@ -214,7 +214,7 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, ExportLogsServiceRequest]]
     url = f"http://127.0.0.1:{port}"
     _SERVERS[url] = (server, port)
     yield url, received
-    reqlog._config.reset()  # the pipeline lets go of the receiver before it stops
+    reqlog._configure.reset()  # the pipeline lets go of the receiver before it stops
     del _SERVERS[url]
     server.shutdown()
     server.server_close()
@@ -577,7 +577,7 @@ def test_otlp_timeout_from_the_environment(
     url, _ = receiver
     monkeypatch.setenv("REQLOG_OTLP_TIMEOUT", "0.75")
     reqlog.configure(output=io.BytesIO(), otlp=url)
-    assert reqlog._config._STATE.otlp.timeout == 0.75
+    assert reqlog._state.STATE.otlp.timeout == 0.75
     monkeypatch.setenv("REQLOG_OTLP_TIMEOUT", "never")
     with pytest.raises(ValueError, match=r"^otlp_timeout \(from REQLOG_OTLP_TIMEOUT\): "):
         reqlog.configure(output=io.BytesIO(), otlp=url)

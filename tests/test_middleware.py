@@ -27,6 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 import reqlog
+import reqlog._lifecycle
 from reqlog.cli import main as cli_main
 from tests.conftest import LogOutput
 
@@ -905,7 +906,7 @@ def held_app(release: asyncio.Event) -> FastAPI:
 @pytest.fixture
 def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     # The watch starts after one to two ticks; short ticks keep these tests short.
-    monkeypatch.setattr(reqlog.middleware, "WATCH_INTERVAL_S", 0.01)
+    monkeypatch.setattr(reqlog._lifecycle, "WATCH_INTERVAL_S", 0.01)
 
 
 @pytest.mark.usefixtures("fast_watch")
@@ -970,7 +971,7 @@ async def test_read_ahead_holds_a_bounded_part_of_the_body(log_output: LogOutput
         await asyncio.sleep(0.01)
     for _ in range(20):  # the read-ahead stops at its limit, however long it runs
         await asyncio.sleep(0.01)
-    assert server.calls <= reqlog.middleware.READ_AHEAD_BYTES // len(chunk) + 2
+    assert server.calls <= reqlog._lifecycle.READ_AHEAD_BYTES // len(chunk) + 2
     release.set()
     await asyncio.wait_for(request, 10)
     assert orjson.loads(server.sent[1]["body"]) == {"size": 64 * len(chunk)}
@@ -1208,3 +1209,16 @@ async def call_asgi(
 
     await app(scope, receive or default_receive, send)
     return messages
+
+
+def test_new_request_ids_are_uuid4s_and_distinct() -> None:
+    # Two batches' worth: every ID a UUID4 (version 4, RFC 4122 variant) in 32 hex digits.
+    from reqlog._request_id import new_request_id
+
+    ids = [new_request_id() for _ in range(600)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(hex=value)
+        assert parsed.hex == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

@@ -25,7 +25,7 @@ from freezegun import freeze_time
 from starlette.types import Message
 
 import reqlog
-from reqlog import _config, output
+from reqlog import _state, output
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -33,7 +33,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def current() -> output.Output:
-    return _config.current_output()
+    return _state.STATE.output
 
 
 # --- a pipe nobody reads --------------------------------------------------------------------

@@ -140,10 +140,10 @@ def test_default_chain_order() -> None:
         "IsoTimeStamper",
         "AddStaticFields",
         "Sampler",
-        "_Guarded",  # the user's processor, guarded
+        "Guarded",  # the user's processor, guarded
         "WhenPresent",  # stack info and exceptions, when present
         "Redactor",
-        "_capture",  # reqlog.testing's hook: a no-op outside tests
+        "capture",  # reqlog.testing's hook: a no-op outside tests
         "JSONRenderer",
     ]
     assert _names(reqlog.default_processors(format="console", redact=False)) == [
@@ -153,9 +153,9 @@ def test_default_chain_order() -> None:
         "add_log_level",
         "IsoTimeStamper",
         "WhenPresent",
-        "_capture",
-        "_EscapeControls",
-        "_ConsoleLines",  # ConsoleRenderer: continuation lines indented, never failing
+        "capture",
+        "EscapeControls",
+        "ConsoleLines",  # ConsoleRenderer: continuation lines indented, never failing
     ]
 
 
@@ -650,10 +650,10 @@ def test_bad_env_sample_rate_names_the_variable(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_settings_expose_the_redactor_and_rate() -> None:
-    from reqlog import _config
+    from reqlog import _configure
 
     custom = Redactor(extra_keys=["x"])
     reqlog.configure(output=io.BytesIO(), redact=custom, sample_rate=0.3)
-    assert (_config.settings().redactor, _config.settings().sample_rate) == (custom, 0.3)
+    assert (_configure.settings().redactor, _configure.settings().sample_rate) == (custom, 0.3)
     reqlog.configure(output=io.BytesIO(), redact=False)
-    assert _config.settings().redactor is None
+    assert _configure.settings().redactor is None

@@ -290,7 +290,7 @@ def test_check_pipeline_on_the_current_configuration_leaves_it_alone(log_output:
 
 def test_check_pipeline_with_options_leaves_reqlog_unconfigured() -> None:
     testing.check_pipeline(format="json", processors=[redact_battery])
-    assert not reqlog._config.is_configured()
+    assert not reqlog._configure.is_configured()
 
 
 def test_check_pipeline_without_stdlib_routing_says_so() -> None:
@@ -342,7 +342,7 @@ def test_plugin_resets_configuration_and_context_between_tests(
 
         import structlog
         import reqlog
-        from reqlog import _config
+        from reqlog import _configure
 
 
         def test_first(reqlog_events):
@@ -353,7 +353,7 @@ def test_plugin_resets_configuration_and_context_between_tests(
 
 
         def test_second(reqlog_events):
-            assert not _config.is_configured()
+            assert not _configure.is_configured()
             assert structlog.contextvars.get_contextvars() == {}
             reqlog.get_logger("app").debug("filtered at the default INFO")
             reqlog.get_logger("app").info("two")
@@ -379,7 +379,7 @@ def test_plugin_does_nothing_for_tests_that_do_not_ask(pytester: pytest.Pytester
 
         def test_untouched():
             assert "reqlog.pytest_plugin" in sys.modules
-            assert not sys.modules["reqlog._config"].is_configured()
+            assert not sys.modules["reqlog._configure"].is_configured()
             assert not structlog.is_configured()
             root = logging.getLogger()
             assert not any(type(h).__module__.startswith("reqlog") for h in root.handlers)

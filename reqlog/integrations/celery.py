@@ -41,7 +41,7 @@ import structlog
 from asgi_correlation_id.context import correlation_id
 from asgi_correlation_id.extensions.sentry import get_sentry_extension
 
-from reqlog import _config
+from reqlog import _configure
 from reqlog.context import get_request_id
 
 __all__ = ["setup"]
@@ -101,8 +101,8 @@ class _Hooks:
             correlation_id.set(None)
 
     def setup_logging(self, **kwargs: Any) -> None:
-        if not _config.is_configured():
-            _config.configure()
+        if not _configure.is_configured():
+            _configure.configure()
 
 
 _HOOKS: _Hooks | None = None

@@ -20,7 +20,6 @@ gunicorn's ``--access-logfile``/``--error-logfile`` are not used: reqlog's ``out
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -31,20 +30,18 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
     raise missing("gunicorn", "gunicorn") from exc
 
-from reqlog import _config
+from reqlog import _configure
+from reqlog._state import STATE
+from reqlog._stdlib import take_server_loggers
 
 __all__ = ["Logger"]
 
 
 def _take_over() -> None:
     """Send the server loggers' records to reqlog's handler on the root logger, once each."""
-    if _config._STATE.handler is None:
+    if STATE.handler is None:
         return  # reqlog is not routing the standard library (stdlib=False): leave them be
-    for name in _config.SERVER_LOGGERS:
-        server_logger = logging.getLogger(name)
-        for handler in list(server_logger.handlers):
-            server_logger.removeHandler(handler)
-        server_logger.propagate = True
+    take_server_loggers()
 
 
 class Logger(_GunicornLogger):  # type: ignore[misc]
@@ -56,11 +53,11 @@ class Logger(_GunicornLogger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        if not _config.is_configured():
+        if not _configure.is_configured():
             if os.environ.get("REQLOG_LEVEL"):
-                _config.configure()
+                _configure.configure()
             else:
-                _config.configure(level=str(cfg.loglevel).upper())
+                _configure.configure(level=str(cfg.loglevel).upper())
         _take_over()
 
     def close_on_exec(self) -> None:

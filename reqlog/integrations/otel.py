@@ -37,6 +37,7 @@ from reqlog.output import OutputStats, _Reporter, _write_stderr
 try:
     from opentelemetry import trace
     from opentelemetry._logs import LogRecord, SeverityNumber
+    from opentelemetry.context import get_current
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     from reqlog.integrations import missing
 
@@ -59,6 +60,10 @@ DEFAULT_OTLP_TIMEOUT_S: Final = 2.0
 
 _INVALID_SPAN = trace.INVALID_SPAN_CONTEXT
 
+# OpenTelemetry's current context: empty (false) while no span was entered, and then
+# add_trace_context has nothing to add (reqlog's fused path asks it first).
+current_context = get_current
+
 
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Processor: ``trace_id`` and ``span_id`` of the current valid span, as lower-case hex.
@@ -66,7 +71,12 @@ def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: Event
     Outside a span (or with a non-recording, invalid one) the event is left as it is. Values
     bound explicitly win.
     """
-    ctx = trace.get_current_span().get_span_context()
+    current = get_current()
+    if not current:
+        # No span was ever entered here: nothing to look up (most events, and every one when
+        # nothing starts spans). A span propagated without an SDK still lands in the context.
+        return event_dict
+    ctx = trace.get_current_span(current).get_span_context()
     if ctx.is_valid:
         if "trace_id" not in event_dict:
             event_dict["trace_id"] = format(ctx.trace_id, "032x")

@@ -1,0 +1,342 @@
+"""The fused path: reqlog's default JSON chain as one call, for access events and app events.
+
+The generic path (``reqlog._emit``) runs an event through the list of processors, one call
+each, behind structlog's bound-logger layers: for the events every request logs, those layers
+and calls cost more than the work. When configure() built the default chain and nothing could
+tell the difference (JSON with reqlog's flat names, no user processor, no sampling, no
+slow-request output, no OTLP), it installs :class:`FusedChain` instead: the same steps in the
+same order, inline where a step is one assignment, through the chain's own objects (the time
+stamper, the Redactor, the renderer) for the rest. Where an event is not the common case it
+hands over to the generic processors at that very step: structlog's context variables are
+merged by structlog's own processor, an event with ``exc_info`` or ``stack_info`` runs the
+rest of the chain as it is, and while a test captures events (``reqlog.testing``,
+``structlog.testing.capture_logs``) or a logger was built with other processors or another
+wrapped logger, the generic path runs whole.
+
+So the line written is the generic chain's, byte for byte, and a user processor or schema,
+which makes the chain ineligible, sees exactly what it always saw. tests/test_fused.py drives
+arbitrary events through both and compares the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import structlog
+from structlog.typing import Processor
+
+from reqlog import context
+from reqlog._access import REQUEST_FIELDS
+from reqlog._emit import ACCESS, ACCESS_LOGGER, METHOD_NAMES, OutputLogger, emit_access
+from reqlog._foreign import STRUCTLOG_CONTEXT_VARS
+from reqlog._render import JSONRenderer
+from reqlog._state import STATE
+from reqlog.processors import IsoTimeStamper, Redactor
+
+__all__ = ["FusedChain"]
+
+#: structlog's ``map_method_name``: what ``add_log_level`` writes for a method name.
+_LEVEL_NAMES: Final = {"warn": "warning", "exception": "error"}
+#: The wrapped logger's methods that hand a line on as important (the last a full queue drops).
+_IMPORTANT: Final = frozenset(
+    {"warning", "warn", "error", "critical", "exception", "fatal", "failure"}
+)
+_RID: Final = "request_id"
+_IP: Final = "client_ip"
+#: The common request's event, key by key: the request context's two fields, the
+#: middleware's nine, then what the chain's head adds.
+#: The types of the common request's values that are not reqlog's own doing (request ID,
+#: client IP, method, path, status, duration, HTTP version) when all of them are flat.
+_FLAT_REQUEST: Final = frozenset(
+    (str, ip, str, str, int, float, version)
+    for ip in (str, type(None))
+    for version in (str, type(None))
+)
+_REQUEST_KEYS: Final = (
+    *(_RID, _IP, "method", "path", "route", "query", "status_code", "duration_ms"),
+    *("user_agent", "http_version", "response_bytes", "event", "logger", "level", "timestamp"),
+)
+_CURRENT = context.CURRENT
+_merge_structlog = context.merge_structlog_contextvars
+_DropEvent = structlog.DropEvent
+_LogRecord = logging.LogRecord
+
+
+class FusedChain:
+    """reqlog's default chain (``processors``, as ``reqlog._pipeline`` built it) in one call.
+
+    ``stamper``, ``service``, ``trace``, ``redactor`` and ``renderer`` are the chain's own
+    steps (the time stamper, the static service field, OpenTelemetry's trace context, the
+    Redactor, the JSON renderer); ``rest`` is where the chain goes on for an event with an
+    exception or a stack to render.
+    """
+
+    __slots__ = (
+        "min_level",
+        "processors",
+        "redact",
+        "redactor",
+        "render",
+        "renderer",
+        "request_keys",
+        "request_plan",
+        "request_size",
+        "rest",
+        "service",
+        "stamp",
+        "trace",
+        "trace_guard",
+    )
+
+    def __init__(
+        self,
+        processors: list[Processor],
+        *,
+        min_level: int,
+        stamper: IsoTimeStamper,
+        service: str | None,
+        trace: Processor | None,
+        trace_guard: Callable[[], Any] | None,
+        redactor: Redactor | None,
+        renderer: Processor,
+        rest: Sequence[Processor],
+    ) -> None:
+        self.processors = processors
+        self.min_level = min_level
+        self.stamp = stamper.stamp
+        self.service = service
+        self.trace = trace
+        # Cheaper than ``trace`` and false whenever it would add nothing (an empty context);
+        # without one, ``trace`` runs on every event.
+        if trace is not None and trace_guard is None:
+            trace_guard = _always
+        self.trace_guard = trace_guard
+        self.redactor = redactor
+        self.renderer = renderer
+        # Their __call__ as bound methods: calling an instance looks __call__ up every time.
+        self.redact = None if redactor is None else redactor.__call__
+        self.render = renderer.__call__ if isinstance(renderer, JSONRenderer) else renderer
+        self.rest = tuple(rest)
+        # The common request's event, key by key (request()), and what the Redactor does to it.
+        self.request_keys = (*_REQUEST_KEYS, *(("service",) if service is not None else ()))
+        self.request_plan = () if redactor is None else redactor.plan(self.request_keys)
+        self.request_size = len(self.request_keys)
+
+    def _generic(self) -> bool:
+        """Whether the generic path must run whole: a test captures events, or the chain in
+        ``STATE`` is not the one this was built for (structlog's ``capture_logs``)."""
+        processors = self.processors
+        return bool(STATE.captures) or not processors or processors[-1] is not self.renderer
+
+    def _line(self, logger: OutputLogger, method: str, event_dict: Any) -> Any:
+        """The chain from the request's context on (``merge_request_context``): the line."""
+        ctx = _CURRENT.get()
+        if ctx is not None:
+            if ctx.user_pending:
+                ctx.resolve_user()
+            event_dict = {**ctx.fields, **event_dict}
+        record = event_dict.get("_record")
+        event_dict["logger"] = record.name if isinstance(record, _LogRecord) else logger.name
+        event_dict["level"] = _LEVEL_NAMES.get(method, method)
+        event_dict["timestamp"] = self.stamp()
+        service = self.service
+        if service is not None and "service" not in event_dict:
+            event_dict["service"] = service
+        trace_guard = self.trace_guard
+        if trace_guard is not None and trace_guard():
+            assert self.trace is not None
+            event_dict = self.trace(logger, method, event_dict)
+        if "stack_info" in event_dict or "exc_info" in event_dict:
+            result: Any = event_dict
+            for processor in self.rest:
+                result = processor(logger, method, result)
+            return result
+        redact = self.redact
+        if redact is not None:
+            event_dict = redact(logger, method, event_dict)
+        return self.render(logger, method, event_dict)
+
+    # -- the access event ----------------------------------------------------------------------
+
+    def access(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        """What ``reqlog._emit.emit_access`` does, in one call."""
+        if level < self.min_level:
+            return
+        if self._generic():
+            emit_access(level, event, fields)
+            return
+        method = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+        fields["event"] = event
+        try:
+            event_dict: Any = fields
+            if STRUCTLOG_CONTEXT_VARS:
+                event_dict = _merge_structlog(ACCESS, method, event_dict)
+            line = self._line(ACCESS, method, event_dict)
+        except _DropEvent:
+            return
+        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+            STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
+            return
+        STATE.output.write(line, logging.WARNING if method in _IMPORTANT else logging.INFO)
+
+    def request(
+        self,
+        level: int,
+        method: Any,
+        path: Any,
+        route: str | None,
+        query: str,
+        status: Any,
+        duration: Any,
+        user_agent: str | None,
+        http_version: Any,
+        sent: int,
+    ) -> None:
+        """The common request's ``request_completed``: what :meth:`access` writes for the
+        middleware's nine fields (in its order), the event built in its final order in one
+        go, and redacted by the Redactor's plan for that shape.
+
+        ``route``, ``query``, ``user_agent`` and ``sent`` are what the middleware makes them
+        (a string or None, a string, a string or None, an int); the other values are checked
+        here. Whatever is not the common case takes :meth:`access`: structlog's context
+        variables, a request context with more than reqlog's two fields, a value of any other
+        type than the middleware's, a test capturing events.
+        """
+        if level < self.min_level:
+            return
+        ctx = _CURRENT.get()
+        processors = self.processors
+        common = not (
+            ctx is None
+            or STRUCTLOG_CONTEXT_VARS
+            or STATE.captures
+            or not processors
+            or processors[-1] is not self.renderer
+        )
+        if common:
+            assert ctx is not None
+            if ctx.user_pending:
+                ctx.resolve_user()
+            ctx_fields = ctx.fields
+            common = len(ctx_fields) == 2
+        if common:
+            (rid_key, rid), (ip_key, ip) = ctx_fields.items()
+            common = (
+                rid_key == _RID
+                and ip_key == _IP
+                and (type(rid), type(ip), type(method), type(path), type(status), type(duration),
+                     type(http_version)) in _FLAT_REQUEST
+            )  # fmt: skip
+        if not common:
+            values = (method, path, route, query, status, duration, user_agent, http_version, sent)
+            self.access(level, "request_completed", dict(zip(REQUEST_FIELDS, values, strict=True)))
+            return
+        name = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+        try:
+            event_dict: Any = {
+                _RID: rid,
+                _IP: ip,
+                "method": method,
+                "path": path,
+                "route": route,
+                "query": query,
+                "status_code": status,
+                "duration_ms": duration,
+                "user_agent": user_agent,
+                "http_version": http_version,
+                "response_bytes": sent,
+                "event": "request_completed",
+                "logger": ACCESS_LOGGER,
+                "level": name,
+                "timestamp": self.stamp(),
+            }
+            if self.service is not None:
+                event_dict["service"] = self.service
+            if self.trace_guard is not None and self.trace_guard():
+                assert self.trace is not None
+                event_dict = self.trace(ACCESS, name, event_dict)
+            redactor = self.redactor
+            if redactor is not None:
+                if len(event_dict) == self.request_size:
+                    # Every value flat (checked or made so), the keys request_keys: what the
+                    # Redactor does to such an event is its plan.
+                    for key, redact_value in self.request_plan:
+                        value = event_dict[key]
+                        new = redact_value(value)
+                        if new is not value:
+                            event_dict[key] = new
+                else:  # trace IDs were added
+                    event_dict = redactor(ACCESS, name, event_dict)
+            line: Any = self.render(ACCESS, name, event_dict)
+        except _DropEvent:
+            return
+        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+            STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
+            return
+        STATE.output.write(line, logging.WARNING if name in _IMPORTANT else logging.INFO)
+
+    # -- app events: the bound logger's methods --------------------------------------------------
+
+    def logger_methods(self, templates: Mapping[str, Callable[..., Any]]) -> dict[str, Any]:
+        """Fused versions of the bound logger's enabled level methods (structlog's filtering
+        methods in ``templates``; a level below the minimum keeps structlog's no-op)."""
+        methods: dict[str, Any] = {}
+        for name in ("debug", "info", "warning", "error", "critical"):
+            if templates[name].__name__ == name:  # enabled: structlog's meth, not its _nop
+                methods[name] = self._method(name)
+        for alias, name in (("warn", "warning"), ("fatal", "critical"), ("msg", "info")):
+            if name in methods:
+                methods[alias] = methods[name]
+        return methods
+
+    def _method(self, method_name: str) -> Callable[..., Any]:
+        fused = self
+        important = method_name in _IMPORTANT
+
+        def method(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
+            if args:
+                event = _interpolate(event, args)
+            logger = self._logger
+            processors = fused.processors
+            if (
+                STATE.captures  # fused._generic(), inline
+                or not processors
+                or processors[-1] is not fused.renderer
+                or self._processors is not processors
+                or type(logger) is not OutputLogger
+            ):
+                return self._proxy_to_logger(method_name, event, **kw)
+            try:
+                # structlog's BoundLoggerBase._process_event, then the chain.
+                event_dict: Any = self._context.copy()
+                event_dict.update(kw)
+                if event is not None:
+                    event_dict["event"] = event
+                if STRUCTLOG_CONTEXT_VARS:
+                    event_dict = _merge_structlog(logger, method_name, event_dict)
+                line = fused._line(logger, method_name, event_dict)
+            except _DropEvent:
+                return None
+            except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+                STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
+                return None
+            STATE.output.write(line, logging.WARNING if important else logging.INFO)
+            return None
+
+        method.__name__ = method_name
+        method.__qualname__ = f"BoundLogger.{method_name}"
+        return method
+
+
+def _always() -> bool:
+    return True
+
+
+def _interpolate(event: Any, args: tuple[Any, ...]) -> Any:
+    """``event % args`` as structlog's filtering logger does it (its ``_maybe_interpolate``):
+    a single non-empty mapping is used for ``%(name)s`` placeholders."""
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        return event % args[0]
+    return event % args
