@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate, compress, count, islice
+from operator import itemgetter
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -737,6 +738,23 @@ def _re2_finder(regex: Any) -> _Finder:
     return find
 
 
+#: A Redactor's plan for one event shape: what _walk_event() does to each key that is not
+#: plain, and the plain keys' values (a tuple) from an event.
+_Shape = tuple[tuple[tuple[Any, Callable[[Any], Any]], ...], Callable[[Any], tuple[Any, ...]]]
+
+
+def _values_getter(keys: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function returning a mapping's values under ``keys`` as a tuple, at C level."""
+    if not keys:
+        return _no_values
+    # itemgetter returns a tuple for two keys or more: one key is asked twice.
+    return itemgetter(*keys, *keys) if len(keys) == 1 else itemgetter(*keys)
+
+
+def _no_values(mapping: Any) -> tuple[Any, ...]:
+    return ()
+
+
 class _KeyKinds(dict[Any, int]):
     """Key -> what to do with its value, computed once per distinct key (``__missing__``)."""
 
@@ -879,7 +897,7 @@ class Redactor:
         self._reversed_kinds = _KeyKinds(self._classify_reversed)
         self._clean_text: set[str] = set()
         self._clean_query: set[str] = set()
-        self._shapes: dict[tuple[Any, ...], tuple[tuple[Any, Callable[[Any], Any]], ...]] = {}
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
     def __repr__(self) -> str:
         return (
@@ -931,17 +949,21 @@ class Redactor:
         # order every time it is logged from the same place: the keys that need a look
         # (secret, free-text and query keys) are remembered per key tuple, and the values
         # are checked for containers by C-level calls, never touched one by one in Python.
-        plan = self._shapes.get(tuple(event_dict))
-        if plan is None:
-            plan = self._learn_shape(event_dict)
-        if _flat_types(map(type, event_dict.values())):
-            for key, redact_value in plan:
-                value = event_dict[key]
-                new = redact_value(value)
-                if new is not value:
-                    event_dict[key] = new
-            return event_dict
-        return self._walk_event(event_dict)
+        shape = self._shapes.get(tuple(event_dict))
+        if shape is None:
+            shape = self._learn_shape(event_dict)
+        plan, plain_values = shape
+        if not _flat_types(map(type, plain_values(event_dict))):
+            return self._walk_event(event_dict)
+        # The plain keys hold flat values, which _walk_event() leaves alone: what it does to
+        # the other keys (containers too: captured headers and bodies are under free-text
+        # keys), without visiting the plain ones.
+        for key, redact_value in plan:
+            value = event_dict[key]
+            new = redact_value(value)
+            if new is not value:
+                event_dict[key] = new
+        return event_dict
 
     def plan(self, keys: Iterable[Any]) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
         """What this Redactor does to an event with these keys (in this order) whose values
@@ -971,13 +993,24 @@ class Redactor:
             return value
         return self.redact_query(value)
 
-    def _learn_shape(self, event_dict: EventDict) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
-        shape = tuple(event_dict)
-        plan = self.plan(shape)
+    def _walk_text(self, value: Any) -> Any:
+        # _walk(value, 1), with a text known clean returned at once.
+        if type(value) is str and value in self._clean_text:
+            return value
+        return self._walk(value, 1)
+
+    def _learn_shape(self, event_dict: EventDict) -> _Shape:
+        keys = tuple(event_dict)
+        kinds = self._kinds
+        walking = {_TEXT: self._walk_text, _SECRET: self._mask, _QUERY: self._query_value}
+        shape = (
+            tuple((key, walking[kinds[key]]) for key in keys if kinds[key] != _PLAIN),
+            _values_getter([key for key in keys if kinds[key] == _PLAIN]),
+        )
         if len(self._shapes) >= _MAX_CACHED_SHAPES:
             self._shapes.clear()
-        self._shapes[shape] = plan
-        return plan
+        self._shapes[keys] = shape
+        return shape
 
     def _walk_event(self, event_dict: EventDict) -> EventDict:
         kinds = self._kinds
@@ -1253,6 +1286,7 @@ class Redactor:
         if depth > self.max_depth:
             return self.censor
         kinds = self._kinds
+        clean = self._clean_text
         out: dict[Any, Any] | None = None
         for key, value in mapping.items():
             kind = kinds[key]
@@ -1260,6 +1294,12 @@ class Redactor:
                 new = self._mask(value)
             elif kind == _QUERY:
                 new = self._query_value(value)
+            elif type(value) is str:
+                # _walk() -> _scan() -> _cached() inline for a text known clean: headers and
+                # small bodies are mostly such texts, and three calls each cost more than that.
+                if value in clean:
+                    continue
+                new = self._scan(value)
             elif type(value) in _SCALARS:
                 continue
             else:
@@ -1283,11 +1323,18 @@ class Redactor:
                 if masked is seq[1]:
                     return seq
                 return (name, masked) if isinstance(seq, tuple) else [name, masked]
+        clean = self._clean_text
         out: list[Any] | None = None
         for index, item in enumerate(seq):
-            if type(item) in _SCALARS:
+            cls = type(item)
+            if cls is str:
+                if item in clean:  # _walk(), inline for a text known clean (_walk_mapping)
+                    continue
+                new = self._scan(item)
+            elif cls in _SCALARS:
                 continue
-            new = self._walk(item, depth + 1)
+            else:
+                new = self._walk(item, depth + 1)
             if new is not item:
                 if out is None:
                     out = list(seq)
