@@ -10,13 +10,14 @@ import string
 import time
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reqlog.processors import (
     BASIC_CREDENTIALS,
     BEARER_TOKEN,
     CARD_NUMBER,
+    DEFAULT_PATTERNS,
     Redactor,
     _find_card_numbers,
     _ValuePattern,
@@ -231,3 +232,29 @@ def test_the_planned_event_is_the_walked_event(events: list[dict[str, Any]]) -> 
     for event in events:
         for _ in range(2):  # the shape learned, then the shape known
             assert planned(None, "info", dict(event)) == walking._walk_event(dict(event))
+
+
+_short_texts = st.lists(
+    text | st.sampled_from(_PREFIXES) | secrets.map(lambda secret: secret[1]), max_size=5
+).map("".join)
+
+
+@example(value="4111111111111111.p@", censor="://u:", extra=(), reverse=True)
+@given(
+    value=_short_texts,
+    censor=st.sampled_from(["[REDACTED]", "eyJ", "://", "://u:", "4111111111111", "AKIA"]),
+    extra=st.sampled_from([(), (r"tok[0-9]+",), (r"x",)]),
+    reverse=st.booleans(),
+)
+def test_the_one_search_for_every_hint_never_skips_a_match(
+    value: str, censor: str, extra: tuple[str, ...], reverse: bool
+) -> None:
+    """A short text with none of the patterns' hints skips the hinted patterns after one
+    search: the result is the one checking each hint gives, with censors and patterns (the
+    card number's before the others') that can bring a hint into the text mid-way."""
+    patterns = DEFAULT_PATTERNS[::-1] if reverse else DEFAULT_PATTERNS
+    fast = Redactor(censor=censor, patterns=patterns, extra_patterns=extra)
+    slow = Redactor(censor=censor, patterns=patterns, extra_patterns=extra)
+    slow._any_hint = None  # each hint checked on its own, as before the one search
+    for query in (False, True):
+        assert fast._search(value, query=query) == slow._search(value, query=query)
