@@ -437,7 +437,7 @@ _INVALID: Final = _Invalid()
 
 def _parse_json(data: bytes, charset: str) -> Any:
     try:
-        if codecs.lookup(charset).name != "utf-8":
+        if charset != "utf-8" and codecs.lookup(charset).name != "utf-8":
             value = orjson.loads(data.decode(charset))
         else:
             value = orjson.loads(data)
