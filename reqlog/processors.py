@@ -999,9 +999,13 @@ class Redactor:
         return self.redact_query(value)
 
     def _walk_text(self, value: Any) -> Any:
-        # _walk(value, 1), with a text known clean returned at once.
-        if type(value) is str and value in self._clean_text:
+        # _walk(value, 1), with a text known clean returned at once and a dict (captured
+        # headers, a JSON body) walked without the dispatch.
+        cls = type(value)
+        if cls is str and value in self._clean_text:
             return value
+        if cls is dict:
+            return self._walk_mapping(value, 1)
         return self._walk(value, 1)
 
     def _learn_shape(self, event_dict: EventDict) -> _Shape:
