@@ -58,6 +58,8 @@ _REQUEST_KEYS: Final = (
     *(_RID, _IP, "method", "path", "route", "query", "status_code", "duration_ms"),
     *("user_agent", "http_version", "response_bytes", "event", "logger", "level", "timestamp"),
 )
+#: The capture fields' key tuples a FusedChain remembers plans for (a handful in practice).
+_MAX_CAPTURED_PLANS: Final = 64
 _CURRENT = context.CURRENT
 _merge_structlog = context.merge_structlog_contextvars
 _DropEvent = structlog.DropEvent
@@ -74,6 +76,7 @@ class FusedChain:
     """
 
     __slots__ = (
+        "captured_plans",
         "min_level",
         "processors",
         "redact",
@@ -123,6 +126,9 @@ class FusedChain:
         self.request_keys = (*_REQUEST_KEYS, *(("service",) if service is not None else ()))
         self.request_plan = () if redactor is None else redactor.plan(self.request_keys)
         self.request_size = len(self.request_keys)
+        #: The capture fields' keys -> what the Redactor does to them (captured()).
+        self.captured_plans: dict[tuple[str, ...], tuple[tuple[Any, Callable[[Any], Any]], ...]]
+        self.captured_plans = {}
 
     def _generic(self) -> bool:
         """Whether the generic path must run whole: a test captures events, or the chain in
@@ -267,6 +273,108 @@ class FusedChain:
                         new = redact_value(value)
                         if new is not value:
                             event_dict[key] = new
+                else:  # trace IDs were added
+                    event_dict = redactor(ACCESS, name, event_dict)
+            line: Any = self.render(ACCESS, name, event_dict)
+        except _DropEvent:
+            return
+        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
+            STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
+            return
+        STATE.output.write(line, logging.WARNING if name in _IMPORTANT else logging.INFO)
+
+    # -- the access event with body and header capture ------------------------------------------
+
+    def captured(
+        self,
+        level: int,
+        method: Any,
+        path: Any,
+        route: str | None,
+        query: str,
+        status: Any,
+        duration: Any,
+        user_agent: str | None,
+        http_version: Any,
+        sent: int,
+        captured: dict[str, Any],
+    ) -> None:
+        """:meth:`request` for a request with capture on: ``captured`` (``reqlog.bodies.
+        Capture.fields``: headers, bodies, sizes) follows the nine fields, as in the event
+        :meth:`access` writes. The nine are redacted by the common request's plan, the capture
+        fields by the Redactor's plan for their keys, which walks the headers and bodies: the
+        same as the Redactor on the whole event, without working out its shape."""
+        if level < self.min_level:
+            return
+        ctx = _CURRENT.get()
+        processors = self.processors
+        common = not (
+            ctx is None
+            or STRUCTLOG_CONTEXT_VARS
+            or STATE.captures
+            or not processors
+            or processors[-1] is not self.renderer
+        )
+        if common:
+            assert ctx is not None
+            if ctx.user_pending:
+                ctx.resolve_user()
+            common = len(ctx.fields) == 2  # the request ID and the client IP only
+        if common:
+            assert ctx is not None
+            (rid_key, rid), (ip_key, ip) = ctx.fields.items()
+            common = (
+                rid_key == _RID
+                and ip_key == _IP
+                and (type(rid), type(ip), type(method), type(path), type(status), type(duration),
+                     type(http_version)) in _FLAT_REQUEST
+            )  # fmt: skip
+        if not common:
+            values = (method, path, route, query, status, duration, user_agent, http_version, sent)
+            fields = dict(zip(REQUEST_FIELDS, values, strict=True))
+            fields.update(captured)
+            self.access(level, "request_completed", fields)
+            return
+        name = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
+        try:
+            event_dict: Any = {
+                _RID: rid,
+                _IP: ip,
+                "method": method,
+                "path": path,
+                "route": route,
+                "query": query,
+                "status_code": status,
+                "duration_ms": duration,
+                "user_agent": user_agent,
+                "http_version": http_version,
+                "response_bytes": sent,
+                **captured,
+                "event": "request_completed",
+                "logger": ACCESS_LOGGER,
+                "level": name,
+                "timestamp": self.stamp(),
+            }
+            if self.service is not None:
+                event_dict["service"] = self.service
+            if self.trace_guard is not None and self.trace_guard():
+                assert self.trace is not None
+                event_dict = self.trace(ACCESS, name, event_dict)
+            redactor = self.redactor
+            if redactor is not None:
+                if len(event_dict) == self.request_size + len(captured):
+                    keys = tuple(captured)
+                    plan = self.captured_plans.get(keys)
+                    if plan is None:
+                        if len(self.captured_plans) >= _MAX_CAPTURED_PLANS:
+                            self.captured_plans.clear()
+                        plan = self.captured_plans[keys] = redactor.plan(keys, containers=True)
+                    for steps in (self.request_plan, plan):
+                        for key, redact_value in steps:
+                            value = event_dict[key]
+                            new = redact_value(value)
+                            if new is not value:
+                                event_dict[key] = new
                 else:  # trace IDs were added
                     event_dict = redactor(ACCESS, name, event_dict)
             line: Any = self.render(ACCESS, name, event_dict)

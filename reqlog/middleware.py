@@ -655,10 +655,11 @@ class _Exchange:
             access = _state.STATE.access
             if access is None:
                 access = _access_log()
-            if self.forwarded is not None or self.rejected or self.capture is not None:
+            if self.forwarded is not None or self.rejected:
                 access.completed(self.fields())
                 return
-            # The common request: its nine fields, handed over without a dict (fields()).
+            # The common request: its nine fields, handed over without a dict (fields()), and
+            # what was captured.
             scope = self.scope
             app = self.app_at_entry
             access.request(
@@ -673,6 +674,7 @@ class _Exchange:
                 self.user_agent,
                 scope.get("http_version"),
                 self.sent,
+                None if self.capture is None else self.capture.fields(_state.report),
             )
 
     def fields(self) -> dict[str, Any]:

@@ -980,7 +980,9 @@ class Redactor:
                 event_dict[key] = new
         return event_dict
 
-    def plan(self, keys: Iterable[Any]) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
+    def plan(
+        self, keys: Iterable[Any], *, containers: bool = False
+    ) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
         """What this Redactor does to an event with these keys (in this order) whose values
         are all flat (strings, numbers, booleans, None): the keys it looks at, each with the
         function that returns the value to write (the same object when nothing changes).
@@ -988,14 +990,34 @@ class Redactor:
         Applying the plan is exactly what calling the Redactor does on such an event, so a
         caller that knows an event's keys ahead (reqlog's access event, built by the
         middleware) can skip working out its shape on every call. The other keys are left
-        as they are.
+        as they are. With ``containers``, the values may be anything (captured headers and
+        bodies): the plan then names every key, and walks what it holds.
 
         >>> [key for key, _ in Redactor().plan(["request_id", "query", "password", "event"])]
         ['query', 'password', 'event']
         """
         kinds = self._kinds
+        if containers:
+            walking = self._walking_actions()
+            return tuple((key, walking[kinds[key]]) for key in keys)
         actions = {_TEXT: self._text_value, _SECRET: self._mask, _QUERY: self._query_string}
         return tuple((key, actions[kinds[key]]) for key in keys if kinds[key] != _PLAIN)
+
+    def _walking_actions(self) -> dict[int, Callable[[Any], Any]]:
+        """What _walk_event() does to a value, by the kind of its key."""
+        return {
+            _PLAIN: self._walk_plain,
+            _TEXT: self._walk_text,
+            _SECRET: self._mask,
+            _QUERY: self._query_value,
+        }
+
+    def _walk_plain(self, value: Any) -> Any:
+        # Top-level values under plain keys: strings and numbers as they are, containers walked.
+        cls = type(value)
+        if cls is str or cls in _SCALARS or isinstance(value, str | bytes):
+            return value
+        return self._walk(value, 1)
 
     def _text_value(self, value: Any) -> Any:
         # A message seen before without secrets, or a number, is written as it is.
@@ -1021,7 +1043,7 @@ class Redactor:
     def _learn_shape(self, event_dict: EventDict) -> _Shape:
         keys = tuple(event_dict)
         kinds = self._kinds
-        walking = {_TEXT: self._walk_text, _SECRET: self._mask, _QUERY: self._query_value}
+        walking = self._walking_actions()
         shape = (
             tuple((key, walking[kinds[key]]) for key in keys if kinds[key] != _PLAIN),
             _values_getter([key for key in keys if kinds[key] == _PLAIN]),
@@ -1042,7 +1064,7 @@ class Redactor:
                     continue
                 # Top-level fields under other keys (IDs, paths) are not searched; what
                 # they hold in containers is.
-                new = value if isinstance(value, str | bytes) else self._walk(value, 1)
+                new = self._walk_plain(value)
             elif kind == _TEXT:
                 new = self._walk(value, 1)
             elif kind == _SECRET:
