@@ -1351,7 +1351,7 @@ class Redactor:
                 # small bodies are mostly such texts, and three calls each cost more than that.
                 if value in clean:
                     continue
-                new = self._scan(value)
+                new = self._cached(value, clean, query=False)  # _scan(), inline
             elif type(value) in _SCALARS:
                 continue
             else:
@@ -1382,7 +1382,7 @@ class Redactor:
             if cls is str:
                 if item in clean:  # _walk(), inline for a text known clean (_walk_mapping)
                     continue
-                new = self._scan(item)
+                new = self._cached(item, clean, query=False)  # _scan(), inline
             elif cls in _SCALARS:
                 continue
             else:
