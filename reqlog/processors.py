@@ -968,7 +968,14 @@ class Redactor:
         if shape is None:
             shape = self._learn_shape(event_dict)
         plan, plain_values = shape
-        if not _flat_types(map(type, plain_values(event_dict))):
+        try:
+            flat = _flat_types(map(type, plain_values(event_dict)))
+        except TypeError:
+            # Not a mapping (a processor before returned a string...): the error it always
+            # was, for a caller that reports it.
+            event_dict.values()
+            raise
+        if not flat:
             return self._walk_event(event_dict)
         # The plain keys hold flat values, which _walk_event() leaves alone: what it does to
         # the other keys (containers too: captured headers and bodies are under free-text
