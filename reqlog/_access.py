@@ -14,16 +14,13 @@ from typing import Any, Final
 
 from reqlog.processors import SlowRequests, StatusLevels
 
-__all__ = ["REQUEST_FIELDS", "AccessLog", "Emit", "FusedCaptured", "FusedRequest"]
+__all__ = ["REQUEST_FIELDS", "AccessLog", "Emit", "FusedRequest"]
 
 #: (level, event name, fields) -> None: writes one access event.
 Emit = Callable[[int, str, dict[str, Any]], None]
-#: (level, *the values of REQUEST_FIELDS) -> None: writes the common request's
-#: ``request_completed`` (reqlog._fused).
+#: (level, *the values of REQUEST_FIELDS, capture fields or None) -> None: writes the
+#: common request's ``request_completed`` (reqlog._fused).
 FusedRequest = Callable[..., None]
-#: (level, *the values of REQUEST_FIELDS, capture fields) -> None: writes a request's
-#: ``request_completed`` with body and header capture (reqlog._fused).
-FusedCaptured = Callable[..., None]
 #: The common request's fields, in the order the middleware hands their values over.
 REQUEST_FIELDS: Final = (
     *("method", "path", "route", "query", "status_code", "duration_ms", "user_agent"),
@@ -37,7 +34,7 @@ _WARNING: Final = logging.WARNING
 class AccessLog:
     """Levels and emits access events; one per configure()."""
 
-    __slots__ = ("emit", "fused", "fused_captured", "levels", "slow", "table")
+    __slots__ = ("emit", "fused", "levels", "slow", "table")
 
     def __init__(
         self,
@@ -45,7 +42,6 @@ class AccessLog:
         slow: SlowRequests,
         emit: Emit,
         fused: FusedRequest | None = None,
-        fused_captured: FusedCaptured | None = None,
     ) -> None:
         #: Writes an event at a level already decided (``request_failed``, websockets).
         self.emit = emit
@@ -55,7 +51,6 @@ class AccessLog:
         # The whole common request in one call, when the level is a lookup (no callable, no
         # slowness) and the chain is fused: see request().
         self.fused = fused if self.table is not None and self.slow is None else None
-        self.fused_captured = fused_captured if self.fused is not None else None
 
     def request(
         self,
@@ -79,24 +74,17 @@ class AccessLog:
         if fused is not None:
             assert self.table is not None
             level = self.table.get(status, _ERROR)
-            if captured is None:
-                fused(
-                    level,
-                    method,
-                    path,
-                    route,
-                    query,
-                    status,
-                    duration,
-                    user_agent,
-                    http_version,
-                    sent,
-                )
-                return
-            assert self.fused_captured is not None
-            self.fused_captured(
+            fused(
                 level,
-                *(method, path, route, query, status, duration, user_agent, http_version, sent),
+                method,
+                path,
+                route,
+                query,
+                status,
+                duration,
+                user_agent,
+                http_version,
+                sent,
                 captured,
             )
             return

@@ -199,10 +199,14 @@ class FusedChain:
         user_agent: str | None,
         http_version: Any,
         sent: int,
+        captured: dict[str, Any] | None = None,
     ) -> None:
         """The common request's ``request_completed``: what :meth:`access` writes for the
         middleware's nine fields (in its order), the event built in its final order in one
         go, and redacted by the Redactor's plan for that shape.
+
+        ``captured``, with body or header capture on (``reqlog.bodies.Capture.fields``), follows
+        the nine fields; the Redactor's plan for its keys walks the headers and bodies.
 
         ``route``, ``query``, ``user_agent`` and ``sent`` are what the middleware makes them
         (a string or None, a string, a string or None, an int); the other values are checked
@@ -237,102 +241,9 @@ class FusedChain:
             )  # fmt: skip
         if not common:
             values = (method, path, route, query, status, duration, user_agent, http_version, sent)
-            self.access(level, "request_completed", dict(zip(REQUEST_FIELDS, values, strict=True)))
-            return
-        name = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
-        try:
-            event_dict: Any = {
-                _RID: rid,
-                _IP: ip,
-                "method": method,
-                "path": path,
-                "route": route,
-                "query": query,
-                "status_code": status,
-                "duration_ms": duration,
-                "user_agent": user_agent,
-                "http_version": http_version,
-                "response_bytes": sent,
-                "event": "request_completed",
-                "logger": ACCESS_LOGGER,
-                "level": name,
-                "timestamp": self.stamp(),
-            }
-            if self.service is not None:
-                event_dict["service"] = self.service
-            if self.trace_guard is not None and self.trace_guard():
-                assert self.trace is not None
-                event_dict = self.trace(ACCESS, name, event_dict)
-            redactor = self.redactor
-            if redactor is not None:
-                if len(event_dict) == self.request_size:
-                    # Every value flat (checked or made so), the keys request_keys: what the
-                    # Redactor does to such an event is its plan.
-                    for key, redact_value in self.request_plan:
-                        value = event_dict[key]
-                        new = redact_value(value)
-                        if new is not value:
-                            event_dict[key] = new
-                else:  # trace IDs were added
-                    event_dict = redactor(ACCESS, name, event_dict)
-            line: Any = self.render(ACCESS, name, event_dict)
-        except _DropEvent:
-            return
-        except Exception as exc:  # noqa: BLE001 - logging never breaks the app
-            STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
-            return
-        STATE.output.write(line, logging.WARNING if name in _IMPORTANT else logging.INFO)
-
-    # -- the access event with body and header capture ------------------------------------------
-
-    def captured(
-        self,
-        level: int,
-        method: Any,
-        path: Any,
-        route: str | None,
-        query: str,
-        status: Any,
-        duration: Any,
-        user_agent: str | None,
-        http_version: Any,
-        sent: int,
-        captured: dict[str, Any],
-    ) -> None:
-        """:meth:`request` for a request with capture on: ``captured`` (``reqlog.bodies.
-        Capture.fields``: headers, bodies, sizes) follows the nine fields, as in the event
-        :meth:`access` writes. The nine are redacted by the common request's plan, the capture
-        fields by the Redactor's plan for their keys, which walks the headers and bodies: the
-        same as the Redactor on the whole event, without working out its shape."""
-        if level < self.min_level:
-            return
-        ctx = _CURRENT.get()
-        processors = self.processors
-        common = not (
-            ctx is None
-            or STRUCTLOG_CONTEXT_VARS
-            or STATE.captures
-            or not processors
-            or processors[-1] is not self.renderer
-        )
-        if common:
-            assert ctx is not None
-            if ctx.user_pending:
-                ctx.resolve_user()
-            common = len(ctx.fields) == 2  # the request ID and the client IP only
-        if common:
-            assert ctx is not None
-            (rid_key, rid), (ip_key, ip) = ctx.fields.items()
-            common = (
-                rid_key == _RID
-                and ip_key == _IP
-                and (type(rid), type(ip), type(method), type(path), type(status), type(duration),
-                     type(http_version)) in _FLAT_REQUEST
-            )  # fmt: skip
-        if not common:
-            values = (method, path, route, query, status, duration, user_agent, http_version, sent)
             fields = dict(zip(REQUEST_FIELDS, values, strict=True))
-            fields.update(captured)
+            if captured is not None:
+                fields.update(captured)
             self.access(level, "request_completed", fields)
             return
         name = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
@@ -349,12 +260,15 @@ class FusedChain:
                 "user_agent": user_agent,
                 "http_version": http_version,
                 "response_bytes": sent,
-                **captured,
-                "event": "request_completed",
-                "logger": ACCESS_LOGGER,
-                "level": name,
-                "timestamp": self.stamp(),
             }
+            size = self.request_size
+            if captured is not None:
+                event_dict.update(captured)
+                size += len(captured)
+            event_dict["event"] = "request_completed"
+            event_dict["logger"] = ACCESS_LOGGER
+            event_dict["level"] = name
+            event_dict["timestamp"] = self.stamp()
             if self.service is not None:
                 event_dict["service"] = self.service
             if self.trace_guard is not None and self.trace_guard():
@@ -362,15 +276,15 @@ class FusedChain:
                 event_dict = self.trace(ACCESS, name, event_dict)
             redactor = self.redactor
             if redactor is not None:
-                if len(event_dict) == self.request_size + len(captured):
-                    keys = tuple(captured)
-                    plan = self.captured_plans.get(keys)
-                    if plan is None:
-                        if len(self.captured_plans) >= _MAX_CAPTURED_PLANS:
-                            self.captured_plans.clear()
-                        plan = self.captured_plans[keys] = redactor.plan(keys, containers=True)
-                    for steps in (self.request_plan, plan):
-                        for key, redact_value in steps:
+                if len(event_dict) == size:
+                    # Every value flat (checked or made so), the keys request_keys: what the
+                    # Redactor does to such an event is its plan; and what it does to the
+                    # capture fields, its plan for their keys.
+                    plans = [self.request_plan]
+                    if captured is not None:
+                        plans.append(self._captured_plan(redactor, tuple(captured)))
+                    for plan in plans:
+                        for key, redact_value in plan:
                             value = event_dict[key]
                             new = redact_value(value)
                             if new is not value:
@@ -384,6 +298,17 @@ class FusedChain:
             STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
             return
         STATE.output.write(line, logging.WARNING if name in _IMPORTANT else logging.INFO)
+
+    def _captured_plan(
+        self, redactor: Redactor, keys: tuple[str, ...]
+    ) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
+        """The Redactor's plan for capture fields with these keys, remembered."""
+        plan = self.captured_plans.get(keys)
+        if plan is None:
+            if len(self.captured_plans) >= _MAX_CAPTURED_PLANS:
+                self.captured_plans.clear()
+            plan = self.captured_plans[keys] = redactor.plan(keys, containers=True)
+        return plan
 
     # -- app events: the bound logger's methods --------------------------------------------------
 

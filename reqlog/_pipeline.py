@@ -203,7 +203,6 @@ def build(
             options.slow,
             emit_access if fused is None else fused.access,
             None if fused is None else fused.request,
-            None if fused is None else fused.captured,
         ),
         logger_methods={} if fused is None else fused.logger_methods(level_methods(options.level)),
         handler=handler,
