@@ -287,8 +287,6 @@ def test_the_common_request_in_one_call_is_the_generic_chains_line(
     assert access.fused is not None  # the one-call path is what runs
     method, path, status, duration, http_version = checked
     values_ = [method, path, route, query, status, duration, user_agent, http_version, sent]
-    fields = dict(zip(ACCESS_KEYS, values_, strict=True))
-    fields.update(captured or {})
     levels = reqlog.processors.StatusLevels()
     try:
         level = levels(status)
@@ -296,17 +294,30 @@ def test_the_common_request_in_one_call_is_the_generic_chains_line(
         return
     clock.now = now
     token, tokens = _within(ctx_fields, bound)
-    span = trace.NonRecordingSpan(SPAN) if in_span else trace.INVALID_SPAN
     try:
-        with trace.use_span(span):
-            one_call: Any = access.request  # the nine values, then what was captured
-            one_call(*values_, captured)
-            fused = lines.take()
-            _emit.emit_access(level, "request_completed", dict(fields))
-            generic = lines.take()
+        fused, generic = _one_call_and_generic(lines, level, values_, captured, in_span)
     finally:
         _without(token, tokens)
     assert fused == generic
+
+
+def _one_call_and_generic(
+    lines: Lines, level: int, values_: Any, captured: dict[str, Any] | None, in_span: bool
+) -> tuple[bytes, bytes]:
+    """The line of the one-call request (AccessLog.request) and the generic chain's line for
+    the same fields (the nine values, then what was captured)."""
+    access = STATE.access
+    assert access is not None
+    fields = dict(zip(ACCESS_KEYS, values_, strict=True))
+    fields.update(captured or {})
+    span = trace.NonRecordingSpan(SPAN) if in_span else trace.INVALID_SPAN
+    with trace.use_span(span):
+        one_call: Any = access.request
+        one_call(*values_, captured)
+        fused = lines.take()
+        _emit.emit_access(level, "request_completed", fields)
+        generic = lines.take()
+    return fused, generic
 
 
 @pytest.fixture
@@ -355,18 +366,10 @@ def test_a_captured_request_in_one_call_is_the_generic_chains_line(
     access = STATE.access
     assert access is not None
     assert access.fused is not None  # the one-call path is what runs
-    fields = dict(zip(ACCESS_KEYS, values_, strict=True))
-    fields.update(captured)
     level = reqlog.processors.StatusLevels()(values_[4])
     token = context.CURRENT.set(context.RequestContext(dict(ctx_fields), None))
-    span = trace.NonRecordingSpan(SPAN) if in_span else trace.INVALID_SPAN
     try:
-        with trace.use_span(span):
-            one_call: Any = access.request  # the nine values, then what was captured
-            one_call(*values_, captured)
-            fused = lines.take()
-            _emit.emit_access(level, "request_completed", dict(fields))
-            generic = lines.take()
+        fused, generic = _one_call_and_generic(lines, level, values_, captured, in_span)
     finally:
         context.CURRENT.reset(token)
     assert fused == generic
