@@ -968,14 +968,9 @@ class Redactor:
         if shape is None:
             shape = self._learn_shape(event_dict)
         plan, plain_values = shape
-        try:
-            flat = _flat_types(map(type, plain_values(event_dict)))
-        except TypeError:
-            # Not a mapping (a processor before returned a string...): the error it always
-            # was, for a caller that reports it.
-            event_dict.values()
-            raise
-        if not flat:
+        if not _flat_types(map(type, event_dict.values())) and not _flat_types(
+            map(type, plain_values(event_dict))
+        ):
             return self._walk_event(event_dict)
         # The plain keys hold flat values, which _walk_event() leaves alone: what it does to
         # the other keys (containers too: captured headers and bodies are under free-text
@@ -1016,7 +1011,7 @@ class Redactor:
             _PLAIN: self._walk_plain,
             _TEXT: self._walk_text,
             _SECRET: self._mask,
-            _QUERY: self._query_value,
+            _QUERY: self._walk_query,
         }
 
     def _walk_plain(self, value: Any) -> Any:
@@ -1041,11 +1036,19 @@ class Redactor:
         # _walk(value, 1), with a text known clean returned at once and a dict (captured
         # headers, a JSON body) walked without the dispatch.
         cls = type(value)
-        if cls is str and value in self._clean_text:
-            return value
+        if cls is str:
+            clean = self._clean_text
+            return value if value in clean else self._cached(value, clean, query=False)
         if cls is dict:
             return self._walk_mapping(value, 1)
         return self._walk(value, 1)
+
+    def _walk_query(self, value: Any) -> Any:
+        # _query_value(), with a query string known clean returned at once.
+        if type(value) is str:
+            clean = self._clean_query
+            return value if value in clean else self._cached(value, clean, query=True)
+        return self._query_value(value)
 
     def _learn_shape(self, event_dict: EventDict) -> _Shape:
         keys = tuple(event_dict)
