@@ -45,6 +45,9 @@ _IMPORTANT: Final = frozenset(
 )
 _RID: Final = "request_id"
 _IP: Final = "client_ip"
+_ERROR: Final = logging.ERROR
+_WARNING: Final = logging.WARNING
+_INFO: Final = logging.INFO
 #: The common request's event, key by key: the request context's two fields, the
 #: middleware's nine, then what the chain's head adds.
 #: The types of the common request's values that are not reqlog's own doing (request ID,
@@ -121,7 +124,13 @@ class FusedChain:
         self.rest = tuple(rest)
         # The common request's event, key by key (request()), and what the Redactor does to it.
         self.request_keys = (*_REQUEST_KEYS, *(("service",) if service is not None else ()))
-        self.request_plan = () if redactor is None else redactor.plan(self.request_keys)
+        # Without the steps that leave the event's constant values as they are.
+        constants = {"event": "request_completed", "logger": ACCESS_LOGGER}
+        self.request_plan = tuple(
+            (key, redact_value)
+            for key, redact_value in (() if redactor is None else redactor.plan(self.request_keys))
+            if key not in constants or redact_value(constants[key]) is not constants[key]
+        )
         self.request_size = len(self.request_keys)
 
     def _generic(self) -> bool:
@@ -183,7 +192,7 @@ class FusedChain:
 
     def request(
         self,
-        level: int,
+        levels: Mapping[Any, int],
         method: Any,
         path: Any,
         route: str | None,
@@ -202,8 +211,10 @@ class FusedChain:
         (a string or None, a string, a string or None, an int); the other values are checked
         here. Whatever is not the common case takes :meth:`access`: structlog's context
         variables, a request context with more than reqlog's two fields, a value of any other
-        type than the middleware's, a test capturing events.
+        type than the middleware's, a test capturing events. ``levels`` is the status table
+        (reqlog._access): a status missing from it is an error.
         """
+        level = levels.get(status, _ERROR)
         if level < self.min_level:
             return
         ctx = _CURRENT.get()
@@ -275,7 +286,7 @@ class FusedChain:
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
             STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
             return
-        STATE.output.write(line, logging.WARNING if name in _IMPORTANT else logging.INFO)
+        STATE.output.write(line, _WARNING if name in _IMPORTANT else _INFO)
 
     # -- app events: the bound logger's methods --------------------------------------------------
 
