@@ -146,9 +146,14 @@ class FusedChain:
             if ctx.user_pending:
                 ctx.resolve_user()
             event_dict = {**ctx.fields, **event_dict}
+        return self._merged(logger, method, _LEVEL_NAMES.get(method, method), event_dict)
+
+    def _merged(self, logger: OutputLogger, method: str, level: str, event_dict: Any) -> Any:
+        """The chain after the request's context was merged (``level``: the name
+        ``add_log_level`` writes for ``method``): the line."""
         record = event_dict.get("_record")
         event_dict["logger"] = record.name if isinstance(record, _LogRecord) else logger.name
-        event_dict["level"] = _LEVEL_NAMES.get(method, method)
+        event_dict["level"] = level
         event_dict["timestamp"] = self.stamp()
         service = self.service
         if service is not None and "service" not in event_dict:
@@ -304,7 +309,8 @@ class FusedChain:
 
     def _method(self, method_name: str) -> Callable[..., Any]:
         fused = self
-        important = method_name in _IMPORTANT
+        important = _WARNING if method_name in _IMPORTANT else _INFO
+        level = _LEVEL_NAMES.get(method_name, method_name)
 
         def method(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
             if args:
@@ -320,20 +326,33 @@ class FusedChain:
             ):
                 return self._proxy_to_logger(method_name, event, **kw)
             try:
-                # structlog's BoundLoggerBase._process_event, then the chain.
-                event_dict: Any = self._context.copy()
-                event_dict.update(kw)
-                if event is not None:
-                    event_dict["event"] = event
-                if STRUCTLOG_CONTEXT_VARS:
-                    event_dict = _merge_structlog(logger, method_name, event_dict)
-                line = fused._line(logger, method_name, event_dict)
+                ctx = _CURRENT.get()
+                event_dict: Any
+                if ctx is None or STRUCTLOG_CONTEXT_VARS:
+                    # structlog's BoundLoggerBase._process_event, then the chain.
+                    event_dict = self._context.copy()
+                    event_dict.update(kw)
+                    if event is not None:
+                        event_dict["event"] = event
+                    if STRUCTLOG_CONTEXT_VARS:
+                        event_dict = _merge_structlog(logger, method_name, event_dict)
+                    line = fused._line(logger, method_name, event_dict)
+                else:
+                    # The same, with the request's context merged in the same step: its
+                    # fields first, the bound values and keywords over them (one C-level
+                    # copy of ctx.fields: a threadpool thread may be binding into it).
+                    if ctx.user_pending:
+                        ctx.resolve_user()
+                    event_dict = {**ctx.fields, **self._context, **kw}
+                    if event is not None:
+                        event_dict["event"] = event
+                    line = fused._merged(logger, method_name, level, event_dict)
             except _DropEvent:
                 return None
             except Exception as exc:  # noqa: BLE001 - logging never breaks the app
                 STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
                 return None
-            STATE.output.write(line, logging.WARNING if important else logging.INFO)
+            STATE.output.write(line, important)
             return None
 
         method.__name__ = method_name
