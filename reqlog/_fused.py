@@ -143,7 +143,7 @@ class FusedChain:
         """The chain from the request's context on (``merge_request_context``): the line."""
         ctx = _CURRENT.get()
         if ctx is not None:
-            if ctx.user_pending:
+            if ctx.user_pending and "user" in ctx.scope:
                 ctx.resolve_user()
             event_dict = {**ctx.fields, **event_dict}
         return self._merged(logger, method, _LEVEL_NAMES.get(method, method), event_dict)
@@ -233,7 +233,7 @@ class FusedChain:
         )
         if common:
             assert ctx is not None
-            if ctx.user_pending:
+            if ctx.user_pending and "user" in ctx.scope:
                 ctx.resolve_user()
             ctx_fields = ctx.fields
             common = len(ctx_fields) == 2
@@ -341,7 +341,7 @@ class FusedChain:
                     # The same, with the request's context merged in the same step: its
                     # fields first, the bound values and keywords over them (one C-level
                     # copy of ctx.fields: a threadpool thread may be binding into it).
-                    if ctx.user_pending:
+                    if ctx.user_pending and "user" in ctx.scope:
                         ctx.resolve_user()
                     event_dict = {**ctx.fields, **self._context, **kw}
                     if event is not None:

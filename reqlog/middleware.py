@@ -548,7 +548,6 @@ class _Exchange(context.RequestContext):
     class attribute, so that a request sets only what is its own.
     """
 
-    scope: Scope  # never None, unlike a RequestContext's
     # Set by the middleware when they apply.
     excluded = False
     rejected = False
