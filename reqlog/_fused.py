@@ -152,7 +152,9 @@ class FusedChain:
         """The chain after the request's context was merged (``level``: the name
         ``add_log_level`` writes for ``method``): the line."""
         record = event_dict.get("_record")
-        event_dict["logger"] = record.name if isinstance(record, _LogRecord) else logger.name
+        event_dict["logger"] = (
+            logger.name if record is None or not isinstance(record, _LogRecord) else record.name
+        )
         event_dict["level"] = level
         event_dict["timestamp"] = self.stamp()
         service = self.service
