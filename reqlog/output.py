@@ -885,7 +885,9 @@ class Output:
                     return
                 data, ends = self._buf, self._ends
                 self._buf, self._ends = bytearray(), array("Q")
-                reports, self._reports = self._reports, []
+                reports = self._reports
+                if reports:
+                    self._reports = []
                 overflowed, self._overflow_unreported = self._overflow_unreported, 0
                 self._notice_in_flight = overflowed > 0
                 if self.overflow == "block" and self._progress_waiters:
@@ -1066,17 +1068,15 @@ class Output:
 
 def _chunks(ends: array[int], limit: int) -> list[tuple[int, int, int, int]]:
     """Whole lines grouped into chunks of at most ``limit`` bytes (a longer line goes alone):
-    (first line, last line + 1, first byte, last byte + 1) of each."""
+    (first line, last line + 1, first byte, last byte + 1) of each. Each chunk's end is found
+    by bisection: the cost grows with the chunks, not with the lines of a large batch."""
     count = len(ends)
-    if count == 1:
-        return [(0, 1, 0, ends[0])]
     chunks: list[tuple[int, int, int, int]] = []
     first = start = 0
-    for i in range(count):
-        if i > first and ends[i] - start > limit:
-            chunks.append((first, i, start, ends[i - 1]))
-            first, start = i, ends[i - 1]
-    chunks.append((first, count, start, ends[-1]))
+    while first < count:
+        last = max(bisect.bisect_right(ends, start + limit, first), first + 1)
+        chunks.append((first, last, start, ends[last - 1]))
+        first, start = last, ends[last - 1]
     return chunks
 
 
