@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
 from reqlog.processors import SlowRequests, StatusLevels
@@ -18,8 +19,9 @@ __all__ = ["REQUEST_FIELDS", "AccessLog", "Emit", "FusedRequest"]
 
 #: (level, event name, fields) -> None: writes one access event.
 Emit = Callable[[int, str, dict[str, Any]], None]
-#: (level, *the values of REQUEST_FIELDS, capture fields or None) -> None: writes the
-#: common request's ``request_completed`` (reqlog._fused).
+#: (status -> level table, *the values of REQUEST_FIELDS, capture fields or None) -> None:
+#: levels and writes the common request's ``request_completed`` (reqlog._fused); a status
+#: missing from the table is an error.
 FusedRequest = Callable[..., None]
 #: The common request's fields, in the order the middleware hands their values over.
 REQUEST_FIELDS: Final = (
@@ -34,7 +36,7 @@ _WARNING: Final = logging.WARNING
 class AccessLog:
     """Levels and emits access events; one per configure()."""
 
-    __slots__ = ("emit", "fused", "levels", "slow", "table")
+    __slots__ = ("emit", "fused", "levels", "request", "slow", "table")
 
     def __init__(
         self,
@@ -51,8 +53,16 @@ class AccessLog:
         # The whole common request in one call, when the level is a lookup (no callable, no
         # slowness) and the chain is fused: see request().
         self.fused = fused if self.table is not None and self.slow is None else None
+        #: The common case: a request whose response went out whole, with nothing to add to
+        #: its nine fields (no proxy, no rejected ID), in the order of :data:`REQUEST_FIELDS`,
+        #: then the capture fields or None (``reqlog.bodies.Capture.fields``). The same event
+        #: as ``completed()`` with those fields; on the fused path, the fused call itself with
+        #: the table bound (no layer between).
+        self.request: Callable[..., None] = (
+            self._request if self.fused is None else partial(self.fused, self.table)
+        )
 
-    def request(
+    def _request(
         self,
         method: Any,
         path: Any,
@@ -65,29 +75,6 @@ class AccessLog:
         sent: int,
         captured: dict[str, Any] | None = None,
     ) -> None:
-        """The common case: a request whose response went out whole, with nothing to add to
-        its nine fields (no proxy, no rejected ID) but the capture fields, if any
-        (``reqlog.bodies.Capture.fields``), in the order of :data:`REQUEST_FIELDS`. The same
-        event as ``completed()`` with those fields."""
-        # The nine values by name, not *values: unpacking them again costs every request.
-        fused = self.fused
-        if fused is not None:
-            assert self.table is not None
-            level = self.table.get(status, _ERROR)
-            fused(
-                level,
-                method,
-                path,
-                route,
-                query,
-                status,
-                duration,
-                user_agent,
-                http_version,
-                sent,
-                captured,
-            )
-            return
         values = (method, path, route, query, status, duration, user_agent, http_version, sent)
         fields = dict(zip(REQUEST_FIELDS, values, strict=True))
         if captured is not None:

@@ -11,6 +11,7 @@ them changes. Where a public API exists it is used instead (Starlette's private
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "fastapi_route_template",
     "is_async_callable",
     "mark_answered",
+    "otel_current_context",
     "server_error_handler",
 ]
 
@@ -165,3 +167,26 @@ def fastapi_route_template(scope: Scope) -> Any:
     """
     effective = (scope.get("fastapi") or {}).get("effective_route_context")
     return getattr(effective, "path_format", None)
+
+
+# --- OpenTelemetry --------------------------------------------------------------------------------
+
+
+def otel_current_context() -> Callable[[], Any] | None:
+    """``opentelemetry.context.get_current`` without its two Python calls (asked on every
+    event): the ``get`` of the context variable in which OpenTelemetry's default runtime
+    context (``ContextVarsRuntimeContext``, the private ``_RUNTIME_CONTEXT``) keeps the
+    current context. ``None`` when OpenTelemetry is not installed, another runtime context is
+    configured (``OTEL_PYTHON_CONTEXT``), or it keeps the context elsewhere: then
+    ``get_current`` itself.
+    """
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    except ImportError:
+        return None
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime) is not ContextVarsRuntimeContext or type(var) is not contextvars.ContextVar:
+        return None
+    return var.get

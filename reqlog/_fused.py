@@ -45,6 +45,9 @@ _IMPORTANT: Final = frozenset(
 )
 _RID: Final = "request_id"
 _IP: Final = "client_ip"
+_ERROR: Final = logging.ERROR
+_WARNING: Final = logging.WARNING
+_INFO: Final = logging.INFO
 #: The common request's event, key by key: the request context's two fields, the
 #: middleware's nine, then what the chain's head adds.
 #: The types of the common request's values that are not reqlog's own doing (request ID,
@@ -124,7 +127,13 @@ class FusedChain:
         self.rest = tuple(rest)
         # The common request's event, key by key (request()), and what the Redactor does to it.
         self.request_keys = (*_REQUEST_KEYS, *(("service",) if service is not None else ()))
-        self.request_plan = () if redactor is None else redactor.plan(self.request_keys)
+        # Without the steps that leave the event's constant values as they are.
+        constants = {"event": "request_completed", "logger": ACCESS_LOGGER}
+        self.request_plan = tuple(
+            (key, redact_value)
+            for key, redact_value in (() if redactor is None else redactor.plan(self.request_keys))
+            if key not in constants or redact_value(constants[key]) is not constants[key]
+        )
         self.request_size = len(self.request_keys)
         #: The capture fields' keys -> what the Redactor does to them (captured()).
         self.captured_plans: dict[tuple[str, ...], tuple[tuple[Any, Callable[[Any], Any]], ...]]
@@ -140,12 +149,19 @@ class FusedChain:
         """The chain from the request's context on (``merge_request_context``): the line."""
         ctx = _CURRENT.get()
         if ctx is not None:
-            if ctx.user_pending:
+            if ctx.user_pending and "user" in ctx.scope:
                 ctx.resolve_user()
             event_dict = {**ctx.fields, **event_dict}
+        return self._merged(logger, method, _LEVEL_NAMES.get(method, method), event_dict)
+
+    def _merged(self, logger: OutputLogger, method: str, level: str, event_dict: Any) -> Any:
+        """The chain after the request's context was merged (``level``: the name
+        ``add_log_level`` writes for ``method``): the line."""
         record = event_dict.get("_record")
-        event_dict["logger"] = record.name if isinstance(record, _LogRecord) else logger.name
-        event_dict["level"] = _LEVEL_NAMES.get(method, method)
+        event_dict["logger"] = (
+            logger.name if record is None or not isinstance(record, _LogRecord) else record.name
+        )
+        event_dict["level"] = level
         event_dict["timestamp"] = self.stamp()
         service = self.service
         if service is not None and "service" not in event_dict:
@@ -189,7 +205,7 @@ class FusedChain:
 
     def request(
         self,
-        level: int,
+        levels: Mapping[Any, int],
         method: Any,
         path: Any,
         route: str | None,
@@ -212,8 +228,10 @@ class FusedChain:
         (a string or None, a string, a string or None, an int); the other values are checked
         here. Whatever is not the common case takes :meth:`access`: structlog's context
         variables, a request context with more than reqlog's two fields, a value of any other
-        type than the middleware's, a test capturing events.
+        type than the middleware's, a test capturing events. ``levels`` is the status table
+        (reqlog._access): a status missing from it is an error.
         """
+        level = levels.get(status, _ERROR)
         if level < self.min_level:
             return
         ctx = _CURRENT.get()
@@ -227,7 +245,7 @@ class FusedChain:
         )
         if common:
             assert ctx is not None
-            if ctx.user_pending:
+            if ctx.user_pending and "user" in ctx.scope:
                 ctx.resolve_user()
             ctx_fields = ctx.fields
             common = len(ctx_fields) == 2
@@ -297,7 +315,7 @@ class FusedChain:
         except Exception as exc:  # noqa: BLE001 - logging never breaks the app
             STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
             return
-        STATE.output.write(line, logging.WARNING if name in _IMPORTANT else logging.INFO)
+        STATE.output.write(line, _WARNING if name in _IMPORTANT else _INFO)
 
     def _captured_plan(
         self, redactor: Redactor, keys: tuple[str, ...]
@@ -326,7 +344,8 @@ class FusedChain:
 
     def _method(self, method_name: str) -> Callable[..., Any]:
         fused = self
-        important = method_name in _IMPORTANT
+        important = _WARNING if method_name in _IMPORTANT else _INFO
+        level = _LEVEL_NAMES.get(method_name, method_name)
 
         def method(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
             if args:
@@ -342,20 +361,33 @@ class FusedChain:
             ):
                 return self._proxy_to_logger(method_name, event, **kw)
             try:
-                # structlog's BoundLoggerBase._process_event, then the chain.
-                event_dict: Any = self._context.copy()
-                event_dict.update(kw)
-                if event is not None:
-                    event_dict["event"] = event
-                if STRUCTLOG_CONTEXT_VARS:
-                    event_dict = _merge_structlog(logger, method_name, event_dict)
-                line = fused._line(logger, method_name, event_dict)
+                ctx = _CURRENT.get()
+                event_dict: Any
+                if ctx is None or STRUCTLOG_CONTEXT_VARS:
+                    # structlog's BoundLoggerBase._process_event, then the chain.
+                    event_dict = self._context.copy()
+                    event_dict.update(kw)
+                    if event is not None:
+                        event_dict["event"] = event
+                    if STRUCTLOG_CONTEXT_VARS:
+                        event_dict = _merge_structlog(logger, method_name, event_dict)
+                    line = fused._line(logger, method_name, event_dict)
+                else:
+                    # The same, with the request's context merged in the same step: its
+                    # fields first, the bound values and keywords over them (one C-level
+                    # copy of ctx.fields: a threadpool thread may be binding into it).
+                    if ctx.user_pending and "user" in ctx.scope:
+                        ctx.resolve_user()
+                    event_dict = {**ctx.fields, **self._context, **kw}
+                    if event is not None:
+                        event_dict["event"] = event
+                    line = fused._merged(logger, method_name, level, event_dict)
             except _DropEvent:
                 return None
             except Exception as exc:  # noqa: BLE001 - logging never breaks the app
                 STATE.output.report("chain", f"could not log event {event!r}: {exc!r}")
                 return None
-            STATE.output.write(line, logging.WARNING if important else logging.INFO)
+            STATE.output.write(line, important)
             return None
 
         method.__name__ = method_name

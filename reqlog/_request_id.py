@@ -51,8 +51,9 @@ def new_request_id() -> str:
     except IndexError:
         pass
     raw = int.from_bytes(os.urandom(16 * _ID_BATCH))
-    digits = ((raw & _KEEP) | _SET).to_bytes(16 * _ID_BATCH).hex()
-    _spare_ids.extend([digits[i : i + 32] for i in range(0, 32 * _ID_BATCH, 32)])
+    # Cut into IDs by hex() itself (a space after every 16 bytes) and split(): C loops, half
+    # the cost of slicing the digits 256 times in Python.
+    _spare_ids.extend(((raw & _KEEP) | _SET).to_bytes(16 * _ID_BATCH).hex(" ", 16).split(" "))
     return _spare_ids.pop()
 
 

@@ -34,14 +34,15 @@ class RequestContext:
 
     def __init__(self, fields: dict[str, Any], scope: MutableMapping[str, Any] | None) -> None:
         self.fields = fields
-        # The ASGI scope, to pick up Starlette's AuthenticationMiddleware user once it exists.
-        self.scope = scope
+        # The ASGI scope, to pick up Starlette's AuthenticationMiddleware user once it exists
+        # (empty without one). Every event asks ``user_pending and "user" in scope`` before
+        # calling resolve_user(): most apps never put a user there.
+        self.scope: MutableMapping[str, Any] = {} if scope is None else scope
         self.user_pending = scope is not None
 
     def resolve_user(self) -> None:
         """Bind ``scope["user"]`` the first time it is an authenticated user."""
-        scope = self.scope
-        user = scope.get("user") if scope is not None else None
+        user = self.scope.get("user")
         if user is None:
             return
         self.user_pending = False
@@ -124,7 +125,7 @@ def merge_request_context(
     ctx = _CURRENT.get()
     if ctx is None:
         return event_dict
-    if ctx.user_pending:
+    if ctx.user_pending and "user" in ctx.scope:
         ctx.resolve_user()
     # One C-level merge: a threadpool thread may be binding into ctx.fields right now.
     return {**ctx.fields, **event_dict}

@@ -215,7 +215,8 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
             receive = exchange.server_receive = capture.wrap_receive(receive)
             exchange.server_send = capture.wrap_send(send)
         # The request's context (_enter, inline): reqlog's, asgi-correlation-id's, Sentry's.
-        ctx_token = _CURRENT.set(context.RequestContext({_RID: request_id, _IP: client_ip}, scope))
+        exchange.fields = {_RID: request_id, _IP: client_ip}
+        ctx_token = _CURRENT.set(exchange)
         cid_token = correlation_id.set(request_id)
         snapshot = context.structlog_snapshot() if _STRUCTLOG_VARS else None
         if self._sentry is not None:
@@ -248,7 +249,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
             gone = exchange.gone()
             if exchange.send_failed or gone:
                 started = exchange.started and not exchange.gone_before_start
-                self._disconnected(exchange.fields(), started)
+                self._disconnected(exchange.access_fields(), started)
                 raise
             traceback = exc.__traceback__
             if not exchange.started:
@@ -256,7 +257,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                 await send_error_response(exchange.app_at_entry, exc, scope, receive, exchange.send)
             self._failed(
                 exc.with_traceback(traceback),
-                exchange.fields(),
+                exchange.access_fields(),
                 exchange.started,
                 exchange.complete,
             )
@@ -270,9 +271,9 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                     self._background_failed(exc, scope, path)
                 elif exchange.gone():
                     started = exchange.started and not exchange.gone_before_start
-                    self._disconnected(exchange.fields(), started)
+                    self._disconnected(exchange.access_fields(), started)
                 else:
-                    self._cancelled(exchange.fields(), exchange.started)
+                    self._cancelled(exchange.access_fields(), exchange.started)
             raise
         else:
             if not (excluded or exchange.complete):
@@ -293,7 +294,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
 
     def _incomplete(self, exchange: _Exchange) -> None:
         """The app returned without finishing its response."""
-        fields = exchange.fields()
+        fields = exchange.access_fields()
         if exchange.send_failed or exchange.gone():
             self._disconnected(fields, exchange.started and not exchange.gone_before_start)
             return
@@ -537,9 +538,10 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                     _access_log().emit(logging.INFO, "websocket_closed", fields)
 
 
-class _Exchange:
+class _Exchange(context.RequestContext):
     """One HTTP request as the middleware sees it: its state, and the ``receive`` and
-    ``send`` the app is given (this object's bound methods).
+    ``send`` the app is given (this object's bound methods). It is the request's context
+    too (``fields``, ``scope``): one object per request, not two.
 
     Starlette's ``gzip.py`` keeps a response's state the same way: one small object instead of
     closures sharing a dozen ``nonlocal`` variables. What most requests never change is a
@@ -579,6 +581,7 @@ class _Exchange:
     ) -> None:
         self.middleware = middleware
         self.scope = scope
+        self.user_pending = True  # see RequestContext
         self.server_receive = receive
         self.server_send = send
         self.start = start
@@ -650,16 +653,16 @@ class _Exchange:
             if self.excluded or self.failing:
                 return
             if self.disconnected or (self.ahead is not None and self.ahead.disconnected):
-                self.middleware._disconnected(self.fields(), not self.gone_before_start)
+                self.middleware._disconnected(self.access_fields(), not self.gone_before_start)
                 return
             access = _state.STATE.access
             if access is None:
                 access = _access_log()
             if self.forwarded is not None or self.rejected:
-                access.completed(self.fields())
+                access.completed(self.access_fields())
                 return
-            # The common request: its nine fields, handed over without a dict (fields()), and
-            # what was captured.
+            # The common request: its nine fields, handed over without a dict
+            # (access_fields()), and what was captured.
             scope = self.scope
             app = self.app_at_entry
             access.request(
@@ -677,7 +680,7 @@ class _Exchange:
                 None if self.capture is None else self.capture.fields(_state.report),
             )
 
-    def fields(self) -> dict[str, Any]:
+    def access_fields(self) -> dict[str, Any]:
         """The access event's fields, as the request stands."""
         end = self.end
         if end is None:

@@ -203,8 +203,13 @@ def _real_fd(stream: IO[Any]) -> int | None:
 
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of ``data``, or raise; PartialWriteError says how much was written before."""
+    try:
+        done = os.write(fd, data)  # almost always all of it, with no view to make
+    except BlockingIOError:
+        done = 0
+    if done == len(data):
+        return
     view = memoryview(data)
-    done = 0
     while done < len(view):
         try:
             done += os.write(fd, view[done:])
@@ -587,6 +592,7 @@ class Output:
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        self._usual = False
         if background:
             _BACKGROUND.add(self)
 
@@ -597,28 +603,58 @@ class Output:
         if not self.background:
             self._write_now(line)
             return
-        with self._lock:
-            self.accepted += 1
-            if self._abandoned:
-                self.dropped += 1
-                return
-            count = len(self._ends)
-            if (
+        # Every event takes this path: the lock by acquire()/release() (half the cost of a
+        # with statement), and one flag for the rare states (see _write_unusual).
+        lock = self._lock
+        lock.acquire()
+        try:
+            ends = self._ends
+            count = len(ends)
+            if not self._usual or (
                 count
                 and (count >= self._soft_limit or len(self._buf) + len(line) > self._soft_bytes)
-                and not self._room(level, len(line))
             ):
+                self._write_unusual(line, level)
                 return
-            # Not local aliases: _room() may have waited while the writer swapped them.
-            self._buf += line
-            self._ends.append(len(self._buf))
+            self.accepted += 1
+            buf = self._buf
+            buf += line
+            ends.append(len(buf))
             if self._idle:
                 self._idle = False
                 self._bell.release()
-            elif self._thread is None:
-                self._start()
-            if self._through and threading.current_thread() is not self._thread:
-                self._wait_written(self.accepted, self._shutdown_deadline(None))
+        finally:
+            lock.release()
+
+    def _write_unusual(self, line: bytes, level: int) -> None:
+        """With the lock held: write() when the writer has not started, the queue is past a
+        high-water mark, or the output is ending (given up on, or writing through)."""
+        self.accepted += 1
+        if self._abandoned:
+            self.dropped += 1
+            return
+        count = len(self._ends)
+        if (
+            count
+            and (count >= self._soft_limit or len(self._buf) + len(line) > self._soft_bytes)
+            and not self._room(level, len(line))
+        ):
+            return
+        # Not local aliases: _room() may have waited while the writer swapped them.
+        self._buf += line
+        self._ends.append(len(self._buf))
+        if self._idle:
+            self._idle = False
+            self._bell.release()
+        elif self._thread is None:
+            self._start()
+        if self._through and threading.current_thread() is not self._thread:
+            self._wait_written(self.accepted, self._shutdown_deadline(None))
+
+    def _check_usual(self) -> None:
+        """Whether write() may take its short path: the writer started, and the output is not
+        ending. Called wherever one of those changes."""
+        self._usual = self._thread is not None and not (self._through or self._abandoned)
 
     def _full(self, size: int) -> bool:
         count = len(self._ends)
@@ -764,6 +800,7 @@ class Output:
         self.finish(timeout)
         with self._lock:
             self._through = True
+            self._check_usual()
 
     def _shutdown_deadline(self, timeout: float | None) -> float | None:
         now = time.monotonic()
@@ -777,6 +814,7 @@ class Output:
     def _abandon(self) -> None:
         """With the lock held: give up on the sinks; what is not written is dropped."""
         self._abandoned = True
+        self._check_usual()
         pending = self.accepted - self.written - self.dropped
         self.dropped += pending
         self._buf, self._ends = bytearray(), array("Q")
@@ -823,14 +861,19 @@ class Output:
             return
         self._thread = threading.Thread(target=self._run, name="reqlog-writer", daemon=True)
         self._thread.start()
+        self._check_usual()
 
     def _writer_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        # One hold of the lock per batch, released only around the writes: under light load
+        # every batch is a line or two, and each acquire/release pair is the writer's cost
+        # per line (the caller's hand-off is cheap only if the writer's share is, too).
         lock = self._lock
-        while True:
-            with lock:
+        lock.acquire()
+        try:
+            while True:
                 if not self._has_work():
                     # Linger before sleeping: lines arriving meanwhile need no wake-up call,
                     # which would cost the caller a thread switch per line; they are written
@@ -842,29 +885,49 @@ class Output:
                     return
                 data, ends = self._buf, self._ends
                 self._buf, self._ends = bytearray(), array("Q")
-                reports, self._reports = self._reports, []
+                reports = self._reports
+                if reports:
+                    self._reports = []
                 overflowed, self._overflow_unreported = self._overflow_unreported, 0
                 self._notice_in_flight = overflowed > 0
                 if self.overflow == "block" and self._progress_waiters:
                     self._progress.notify_all()
                 closing = self._closing and not ends
-            for text in reports:
-                _write_stderr(text)
-            if ends:
-                self._write_batch(data, ends)
-            if overflowed:
-                self._send_notice("queue_full", overflowed)
-            with lock:
-                owed = dict(self._owed) if self._last_batch_ok and not self._abandoned else {}
-                self._notice_in_flight = bool(owed)
-            for reason, count in owed.items():
-                self._send_notice(reason, count, owed=True)
-            with lock:
+                failed = errors = 0
+                lock.release()
+                try:
+                    for text in reports:
+                        _write_stderr(text)
+                    if ends:
+                        failed, errors = self._write_to_sinks(data, ends)
+                finally:
+                    lock.acquire()
+                if ends:
+                    self._count_batch(len(ends), failed, errors)
+                if overflowed or self._owed:
+                    lock.release()
+                    try:
+                        self._send_notices(overflowed)
+                    finally:
+                        lock.acquire()
                 self._notice_in_flight = False
                 if self._progress_waiters:
                     self._progress.notify_all()
                 if self._abandoned or (closing and not self._ends):
                     return
+        finally:
+            lock.release()
+
+    def _send_notices(self, overflowed: int) -> None:
+        """The ``logs_dropped`` notices due after a batch: the queue's overflow, then those
+        owed since a sink failed (once a batch went through whole)."""
+        if overflowed:
+            self._send_notice("queue_full", overflowed)
+        with self._lock:
+            owed = dict(self._owed) if self._last_batch_ok and not self._abandoned else {}
+            self._notice_in_flight = bool(owed)
+        for reason, count in owed.items():
+            self._send_notice(reason, count, owed=True)
 
     def _doze(self, timeout: float | None) -> None:
         """With the lock held (once): sleep until rung (_wake_writer) or ``timeout`` seconds
@@ -935,22 +998,21 @@ class Output:
                 else:
                     self._owed.pop(reason, None)
 
-    def _write_batch(self, data: bytearray, ends: array[int]) -> None:
-        """Write whole lines, one write per chunk per sink; count every line once."""
-        failed, errors = self._write_to_sinks(data, ends)
-        with self._lock:
-            self.errors += errors
-            done = len(ends) - failed
-            self._last_batch_ok = not failed
-            if self._abandoned:
-                # _abandon() counted the whole batch as dropped; some of it made it.
-                self.dropped -= done
-                self.written += done
-                return
-            self.dropped += failed
+    def _count_batch(self, count: int, failed: int, errors: int) -> None:
+        """With the lock held: count a batch of ``count`` lines written to the sinks, of which
+        ``failed`` did not make it whole; every line is counted once."""
+        self.errors += errors
+        done = count - failed
+        self._last_batch_ok = not failed
+        if self._abandoned:
+            # _abandon() counted the whole batch as dropped; some of it made it.
+            self.dropped -= done
             self.written += done
-            if failed:
-                self._owed["sink_error"] = self._owed.get("sink_error", 0) + failed
+            return
+        self.dropped += failed
+        self.written += done
+        if failed:
+            self._owed["sink_error"] = self._owed.get("sink_error", 0) + failed
 
     def _write_to_sinks(self, data: bytes | bytearray, ends: array[int]) -> tuple[int, int]:
         """Write ``data`` (lines ending at ``ends``) to every sink; (lines lost, errors).
@@ -1001,21 +1063,20 @@ class Output:
         self._deadline = None
         self._through = self._abandoned = False
         self.accepted = self.written = self.dropped = self.errors = 0
+        self._usual = False
 
 
 def _chunks(ends: array[int], limit: int) -> list[tuple[int, int, int, int]]:
     """Whole lines grouped into chunks of at most ``limit`` bytes (a longer line goes alone):
-    (first line, last line + 1, first byte, last byte + 1) of each."""
+    (first line, last line + 1, first byte, last byte + 1) of each. Each chunk's end is found
+    by bisection: the cost grows with the chunks, not with the lines of a large batch."""
     count = len(ends)
-    if count == 1:
-        return [(0, 1, 0, ends[0])]
     chunks: list[tuple[int, int, int, int]] = []
     first = start = 0
-    for i in range(count):
-        if i > first and ends[i] - start > limit:
-            chunks.append((first, i, start, ends[i - 1]))
-            first, start = i, ends[i - 1]
-    chunks.append((first, count, start, ends[-1]))
+    while first < count:
+        last = max(bisect.bisect_right(ends, start + limit, first), first + 1)
+        chunks.append((first, last, start, ends[last - 1]))
+        first, start = last, ends[last - 1]
     return chunks
 
 

@@ -192,3 +192,21 @@ async def _no_body() -> Message:
 
 async def _discard(message: Message) -> None:
     pass
+
+
+def test_opentelemetry_keeps_its_current_context_in_a_context_variable() -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
+    from reqlog.integrations import otel
+
+    fast = _foreign.otel_current_context()
+    assert fast is not None, "reqlog._foreign: OpenTelemetry's runtime context changed"
+    assert otel.current_context == fast  # the same variable's get
+    assert fast() is otel_context.get_current()
+    assert not fast()  # nothing entered yet
+    span = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+    with trace.use_span(span):
+        assert fast() is otel_context.get_current()
+        assert fast()
+    assert fast() is otel_context.get_current()

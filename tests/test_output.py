@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import itertools
 import multiprocessing
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from array import array
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,8 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from freezegun import freeze_time
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.types import Message
 
 import reqlog
@@ -884,3 +888,24 @@ def test_a_write_cut_short_by_the_file_size_limit_is_taken_back(tmp_path: Path) 
     assert stats["dropped"] == sum(n["count"] for n in notices) == 220 - len(ticks) > 0
     assert stats["accepted"] == stats["written"] + stats["dropped"] == 220
     assert b"File too large" in done.stderr
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=40),
+    limit=st.integers(min_value=1, max_value=200),
+)
+def test_a_batch_is_cut_into_the_fewest_chunks_of_whole_lines(sizes: list[int], limit: int) -> None:
+    ends = array("Q", itertools.accumulate(sizes))
+    chunks = output._chunks(ends, limit)
+    # Every line once, in order, each chunk starting where the previous one ended.
+    assert [(first, start) for first, _, start, _ in chunks] == [
+        (0, 0),
+        *((last, end) for _, last, _, end in chunks[:-1]),
+    ]
+    assert chunks[-1][1] == len(ends)
+    assert chunks[-1][3] == ends[-1]
+    for first, last, start, end in chunks:
+        assert end == ends[last - 1]
+        # Within the limit unless one line alone is longer; and no room for the next line.
+        assert end - start <= limit or last == first + 1
+        assert last == len(ends) or ends[last] - start > limit

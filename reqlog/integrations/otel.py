@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import orjson
 from structlog.typing import EventDict, WrappedLogger
 
+from reqlog import _foreign
 from reqlog.output import OutputStats, _Reporter, _write_stderr
 
 try:
@@ -61,8 +62,9 @@ DEFAULT_OTLP_TIMEOUT_S: Final = 2.0
 _INVALID_SPAN = trace.INVALID_SPAN_CONTEXT
 
 # OpenTelemetry's current context: empty (false) while no span was entered, and then
-# add_trace_context has nothing to add (reqlog's fused path asks it first).
-current_context = get_current
+# add_trace_context has nothing to add (reqlog's fused path asks it first, on every event:
+# straight from its context variable where OpenTelemetry keeps it there).
+current_context = _foreign.otel_current_context() or get_current
 
 
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
