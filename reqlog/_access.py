@@ -19,9 +19,9 @@ __all__ = ["REQUEST_FIELDS", "AccessLog", "Emit", "FusedRequest"]
 
 #: (level, event name, fields) -> None: writes one access event.
 Emit = Callable[[int, str, dict[str, Any]], None]
-#: (status -> level table, *the values of REQUEST_FIELDS) -> None: levels and writes the
-#: common request's ``request_completed`` (reqlog._fused); a status missing from the table
-#: is an error.
+#: (status -> level table, *the values of REQUEST_FIELDS, capture fields or None) -> None:
+#: levels and writes the common request's ``request_completed`` (reqlog._fused); a status
+#: missing from the table is an error.
 FusedRequest = Callable[..., None]
 #: The common request's fields, in the order the middleware hands their values over.
 REQUEST_FIELDS: Final = (
@@ -54,9 +54,10 @@ class AccessLog:
         # slowness) and the chain is fused: see request().
         self.fused = fused if self.table is not None and self.slow is None else None
         #: The common case: a request whose response went out whole, with nothing to add to
-        #: its nine fields (no proxy, no rejected ID, no capture), in the order of
-        #: :data:`REQUEST_FIELDS`. The same event as ``completed()`` with those fields; on the
-        #: fused path, the fused call itself with the table bound (no layer between).
+        #: its nine fields (no proxy, no rejected ID), in the order of :data:`REQUEST_FIELDS`,
+        #: then the capture fields or None (``reqlog.bodies.Capture.fields``). The same event
+        #: as ``completed()`` with those fields; on the fused path, the fused call itself with
+        #: the table bound (no layer between).
         self.request: Callable[..., None] = (
             self._request if self.fused is None else partial(self.fused, self.table)
         )
@@ -72,9 +73,13 @@ class AccessLog:
         user_agent: str | None,
         http_version: Any,
         sent: int,
+        captured: dict[str, Any] | None = None,
     ) -> None:
         values = (method, path, route, query, status, duration, user_agent, http_version, sent)
-        self.completed(dict(zip(REQUEST_FIELDS, values, strict=True)))
+        fields = dict(zip(REQUEST_FIELDS, values, strict=True))
+        if captured is not None:
+            fields.update(captured)
+        self.completed(fields)
 
     def completed(
         self, fields: dict[str, Any], event: str = "request_completed", min_level: int = 0

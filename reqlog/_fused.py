@@ -61,6 +61,8 @@ _REQUEST_KEYS: Final = (
     *(_RID, _IP, "method", "path", "route", "query", "status_code", "duration_ms"),
     *("user_agent", "http_version", "response_bytes", "event", "logger", "level", "timestamp"),
 )
+#: The capture fields' key tuples a FusedChain remembers plans for (a handful in practice).
+_MAX_CAPTURED_PLANS: Final = 64
 _CURRENT = context.CURRENT
 _merge_structlog = context.merge_structlog_contextvars
 _DropEvent = structlog.DropEvent
@@ -77,6 +79,7 @@ class FusedChain:
     """
 
     __slots__ = (
+        "captured_plans",
         "min_level",
         "processors",
         "redact",
@@ -132,6 +135,9 @@ class FusedChain:
             if key not in constants or redact_value(constants[key]) is not constants[key]
         )
         self.request_size = len(self.request_keys)
+        #: The capture fields' keys -> what the Redactor does to them (captured()).
+        self.captured_plans: dict[tuple[str, ...], tuple[tuple[Any, Callable[[Any], Any]], ...]]
+        self.captured_plans = {}
 
     def _generic(self) -> bool:
         """Whether the generic path must run whole: a test captures events, or the chain in
@@ -209,10 +215,14 @@ class FusedChain:
         user_agent: str | None,
         http_version: Any,
         sent: int,
+        captured: dict[str, Any] | None = None,
     ) -> None:
         """The common request's ``request_completed``: what :meth:`access` writes for the
         middleware's nine fields (in its order), the event built in its final order in one
         go, and redacted by the Redactor's plan for that shape.
+
+        ``captured``, with body or header capture on (``reqlog.bodies.Capture.fields``), follows
+        the nine fields; the Redactor's plan for its keys walks the headers and bodies.
 
         ``route``, ``query``, ``user_agent`` and ``sent`` are what the middleware makes them
         (a string or None, a string, a string or None, an int); the other values are checked
@@ -249,7 +259,10 @@ class FusedChain:
             )  # fmt: skip
         if not common:
             values = (method, path, route, query, status, duration, user_agent, http_version, sent)
-            self.access(level, "request_completed", dict(zip(REQUEST_FIELDS, values, strict=True)))
+            fields = dict(zip(REQUEST_FIELDS, values, strict=True))
+            if captured is not None:
+                fields.update(captured)
+            self.access(level, "request_completed", fields)
             return
         name = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
         try:
@@ -265,11 +278,15 @@ class FusedChain:
                 "user_agent": user_agent,
                 "http_version": http_version,
                 "response_bytes": sent,
-                "event": "request_completed",
-                "logger": ACCESS_LOGGER,
-                "level": name,
-                "timestamp": self.stamp(),
             }
+            size = self.request_size
+            if captured is not None:
+                event_dict.update(captured)
+                size += len(captured)
+            event_dict["event"] = "request_completed"
+            event_dict["logger"] = ACCESS_LOGGER
+            event_dict["level"] = name
+            event_dict["timestamp"] = self.stamp()
             if self.service is not None:
                 event_dict["service"] = self.service
             if self.trace_guard is not None and self.trace_guard():
@@ -277,14 +294,19 @@ class FusedChain:
                 event_dict = self.trace(ACCESS, name, event_dict)
             redactor = self.redactor
             if redactor is not None:
-                if len(event_dict) == self.request_size:
+                if len(event_dict) == size:
                     # Every value flat (checked or made so), the keys request_keys: what the
-                    # Redactor does to such an event is its plan.
-                    for key, redact_value in self.request_plan:
-                        value = event_dict[key]
-                        new = redact_value(value)
-                        if new is not value:
-                            event_dict[key] = new
+                    # Redactor does to such an event is its plan; and what it does to the
+                    # capture fields, its plan for their keys.
+                    plans = [self.request_plan]
+                    if captured is not None:
+                        plans.append(self._captured_plan(redactor, tuple(captured)))
+                    for plan in plans:
+                        for key, redact_value in plan:
+                            value = event_dict[key]
+                            new = redact_value(value)
+                            if new is not value:
+                                event_dict[key] = new
                 else:  # trace IDs were added
                     event_dict = redactor(ACCESS, name, event_dict)
             line: Any = self.render(ACCESS, name, event_dict)
@@ -294,6 +316,17 @@ class FusedChain:
             STATE.output.report("chain", f"could not log event {'request_completed'!r}: {exc!r}")
             return
         STATE.output.write(line, _WARNING if name in _IMPORTANT else _INFO)
+
+    def _captured_plan(
+        self, redactor: Redactor, keys: tuple[str, ...]
+    ) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
+        """The Redactor's plan for capture fields with these keys, remembered."""
+        plan = self.captured_plans.get(keys)
+        if plan is None:
+            if len(self.captured_plans) >= _MAX_CAPTURED_PLANS:
+                self.captured_plans.clear()
+            plan = self.captured_plans[keys] = redactor.plan(keys, containers=True)
+        return plan
 
     # -- app events: the bound logger's methods --------------------------------------------------
 

@@ -136,15 +136,29 @@ class CaptureOptions:
 
 
 class _Body:
-    """One direction's body: the byte count, and a copy of at most ``limit`` bytes."""
+    """One direction's body: the byte count, and a copy of at most ``limit`` bytes.
 
-    __slots__ = ("data", "encoding", "kind", "limit", "mime", "params", "total")
+    Its headers are read at the first chunk: a request without a body (most GETs) never
+    parses its content type. ``headers`` is a list the caller no longer changes (a copy of the
+    request's, the response's as sent), so reading it late reads what was there at the start.
+    """
 
-    def __init__(self, headers: Iterable[Sequence[bytes]], max_bytes: int) -> None:
+    __slots__ = ("data", "encoding", "headers", "kind", "limit", "mime", "params", "total")
+
+    def __init__(self, headers: list[Sequence[bytes]], max_bytes: int) -> None:
+        self.headers = headers
+        self.limit = max_bytes
+        self.kind = ""  # not read yet
+        self.mime = self.encoding = ""
+        self.params: dict[str, str] = {}
+        self.data = bytearray()
+        self.total = 0
+
+    def _read_headers(self) -> None:
         content_type = b""
         encoding = b""
         try:
-            for name, value in headers:
+            for name, value in self.headers:
                 lowered = name.lower()
                 if lowered == b"content-type":
                     content_type = value
@@ -156,17 +170,20 @@ class _Body:
         except Exception:  # noqa: BLE001 - headers that are not ASGI's bytes: count, don't copy
             self.mime, self.params, self.encoding, self.kind = "", {}, "", _SUMMARY
         # A body that will only be summarised needs its size, not its bytes.
-        self.limit = 0 if self.kind == _SUMMARY else max_bytes
-        self.data = bytearray()
-        self.total = 0
+        if self.kind == _SUMMARY:
+            self.limit = 0
 
     def feed(self, chunk: bytes) -> None:
+        if not self.kind:
+            self._read_headers()
         self.total += len(chunk)
         room = self.limit - len(self.data)
         if room > 0:
             self.data += chunk if len(chunk) <= room else memoryview(chunk)[:room]
 
     def describe(self) -> tuple[Any, bool]:
+        if not self.kind:
+            self._read_headers()
         return describe_body(
             bytes(self.data), self.total, self.mime, self.params, self.encoding, self.kind
         )
@@ -188,7 +205,10 @@ class Capture:
     {'request_bytes': 13, 'request_body': {'sku': 'A1'}}
     """
 
-    __slots__ = ("options", "request", "request_headers", "response", "response_headers")
+    __slots__ = (
+        *("options", "request", "request_headers", "response", "response_headers"),
+        *("server_receive", "server_send"),
+    )
 
     def __init__(self, options: CaptureOptions, scope: Scope) -> None:
         self.options = options
@@ -196,45 +216,49 @@ class Capture:
         self.response_headers: list[Sequence[bytes]] | None = None
         self.request: _Body | None = None
         if options.log_request_body:
-            self.request = _Body(self.request_headers, options.body_max_bytes)
+            # A copy: the content type read at the first chunk is the one the request came with.
+            self.request = _Body(list(self.request_headers), options.body_max_bytes)
         self.response: _Body | None = None
+
+    # The wrappers are bound methods of the capture (no closures made per request), like the
+    # middleware's own responder object.
 
     def wrap_receive(self, receive: Receive) -> Receive:
         """``receive`` that copies what the app reads; the original when bodies are not logged."""
-        body = self.request
-        if body is None:
+        if self.request is None:
             return receive
+        self.server_receive = receive
+        return self._receive
 
-        async def receive_capturing() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                chunk = message.get("body")
-                if chunk:
-                    body.feed(chunk)
-            return message
-
-        return receive_capturing
+    async def _receive(self) -> Message:
+        message = await self.server_receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body")
+            if chunk:
+                assert self.request is not None
+                self.request.feed(chunk)
+        return message
 
     def wrap_send(self, send: Send) -> Send:
         """``send`` that notes the response headers and copies the body after each chunk left."""
         options = self.options
         if not (options.log_response_body or options.log_headers):
             return send
+        self.server_send = send
+        return self._send
 
-        async def send_capturing(message: Message) -> None:
-            message_type = message["type"]
-            if message_type == "http.response.start":
-                headers = list(message.get("headers") or ())
-                self.response_headers = headers
-                if options.log_response_body:
-                    self.response = _Body(headers, options.body_max_bytes)
-            await send(message)
-            if message_type == "http.response.body" and self.response is not None:
-                chunk = message.get("body")
-                if chunk:
-                    self.response.feed(chunk)
-
-        return send_capturing
+    async def _send(self, message: Message) -> None:
+        message_type = message["type"]
+        if message_type == "http.response.start":
+            headers = list(message.get("headers") or ())
+            self.response_headers = headers
+            if self.options.log_response_body:
+                self.response = _Body(headers, self.options.body_max_bytes)
+        await self.server_send(message)
+        if message_type == "http.response.body" and self.response is not None:
+            chunk = message.get("body")
+            if chunk:
+                self.response.feed(chunk)
 
     def fields(self, report: Callable[[str, str], None]) -> dict[str, Any]:
         """The access event's capture fields; parsing happens here, never while data flows.
@@ -413,7 +437,7 @@ _INVALID: Final = _Invalid()
 
 def _parse_json(data: bytes, charset: str) -> Any:
     try:
-        if codecs.lookup(charset).name != "utf-8":
+        if charset != "utf-8" and codecs.lookup(charset).name != "utf-8":
             value = orjson.loads(data.decode(charset))
         else:
             value = orjson.loads(data)

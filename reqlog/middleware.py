@@ -658,10 +658,11 @@ class _Exchange(context.RequestContext):
             access = _state.STATE.access
             if access is None:
                 access = _access_log()
-            if self.forwarded is not None or self.rejected or self.capture is not None:
+            if self.forwarded is not None or self.rejected:
                 access.completed(self.access_fields())
                 return
-            # The common request: its nine fields, handed over without a dict (access_fields()).
+            # The common request: its nine fields, handed over without a dict
+            # (access_fields()), and what was captured.
             scope = self.scope
             app = self.app_at_entry
             access.request(
@@ -676,6 +677,7 @@ class _Exchange(context.RequestContext):
                 self.user_agent,
                 scope.get("http_version"),
                 self.sent,
+                None if self.capture is None else self.capture.fields(_state.report),
             )
 
     def access_fields(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate, compress, count, islice
+from operator import itemgetter
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -586,7 +587,7 @@ _Finder = Callable[[str], Iterator[tuple[int, int, bool]]]
 class _ValuePattern:
     """One value pattern: the cheap checks that let most strings skip it, and its finder."""
 
-    __slots__ = ("find", "gate", "hints", "min_digits")
+    __slots__ = ("find", "gate", "hints", "min_digits", "needs")
 
     def __init__(self, pattern: str | re.Pattern[str], option: str) -> None:
         if isinstance(pattern, str):
@@ -595,11 +596,14 @@ class _ValuePattern:
         self.gate = ""  # none: the pattern is tried on every text
         self.hints: tuple[str, ...] = ()
         self.min_digits = 0
+        # Whether ``find`` can find anything in a text: a cheaper call, or None.
+        self.needs: Callable[[str], bool] | None = None
         self.find: _Finder
         if built_in is not None and isinstance(pattern, re.Pattern):
             self.gate, self.hints, self.min_digits, validate = built_in
             if pattern is CARD_NUMBER:
                 self.find = _find_card_numbers
+                self.needs = _holds_card_number
             elif pattern is BEARER_TOKEN:
                 self.find = _lowered_finder(pattern, _BEARER_LOWER, validate)
             elif pattern is BASIC_CREDENTIALS:
@@ -638,6 +642,13 @@ def _lowered_finder(
             yield start, end, validate is None or validate(text[start:end])
 
     return find
+
+
+def _holds_card_number(text: str) -> bool:
+    """Whether _find_card_numbers() finds anything in ``text``: the same search, without the
+    generator and the replacing around it (request and trace IDs hold thirteen digits or more,
+    scattered, and never a card number)."""
+    return _CARD_MAPPED.search(text.encode("latin-1", "replace").translate(_CARD_MAP)) is not None
 
 
 def _find_card_numbers(text: str) -> Iterator[tuple[int, int, bool]]:
@@ -735,6 +746,23 @@ def _re2_finder(regex: Any) -> _Finder:
             yield start, end, start < end
 
     return find
+
+
+#: A Redactor's plan for one event shape: what _walk_event() does to each key that is not
+#: plain, and the plain keys' values (a tuple) from an event.
+_Shape = tuple[tuple[tuple[Any, Callable[[Any], Any]], ...], Callable[[Any], tuple[Any, ...]]]
+
+
+def _values_getter(keys: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function returning a mapping's values under ``keys`` as a tuple, at C level."""
+    if not keys:
+        return _no_values
+    # itemgetter returns a tuple for two keys or more: one key is asked twice.
+    return itemgetter(*keys, *keys) if len(keys) == 1 else itemgetter(*keys)
+
+
+def _no_values(mapping: Any) -> tuple[Any, ...]:
+    return ()
 
 
 class _KeyKinds(dict[Any, int]):
@@ -869,6 +897,11 @@ class Redactor:
         self._patterns = tuple(_ValuePattern(p, option) for p, option in given)
         self._gates = frozenset("".join(p.gate for p in self._patterns))
         self._ungated = tuple(p for p in self._patterns if not p.gate)
+        # Every pattern's hints in one search: a short text holding none of them (most header
+        # values, IDs, small body fields) skips the hinted patterns after one C-level call
+        # instead of an ``in`` per hint in Python. None when no pattern has hints.
+        hints = sorted({hint for p in self._patterns for hint in p.hints})
+        self._any_hint = re.compile("|".join(map(re.escape, hints))) if hints else None
         self._has_keys = bool(self._exact or self._suffixes or self._contains)
         self._text_values, self._query_values = _value_patterns(censor)
         words = (*self._exact, *self._suffixes, *self._contains)
@@ -879,7 +912,7 @@ class Redactor:
         self._reversed_kinds = _KeyKinds(self._classify_reversed)
         self._clean_text: set[str] = set()
         self._clean_query: set[str] = set()
-        self._shapes: dict[tuple[Any, ...], tuple[tuple[Any, Callable[[Any], Any]], ...]] = {}
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
     def __repr__(self) -> str:
         return (
@@ -931,19 +964,27 @@ class Redactor:
         # order every time it is logged from the same place: the keys that need a look
         # (secret, free-text and query keys) are remembered per key tuple, and the values
         # are checked for containers by C-level calls, never touched one by one in Python.
-        plan = self._shapes.get(tuple(event_dict))
-        if plan is None:
-            plan = self._learn_shape(event_dict)
-        if _flat_types(map(type, event_dict.values())):
-            for key, redact_value in plan:
-                value = event_dict[key]
-                new = redact_value(value)
-                if new is not value:
-                    event_dict[key] = new
-            return event_dict
-        return self._walk_event(event_dict)
+        shape = self._shapes.get(tuple(event_dict))
+        if shape is None:
+            shape = self._learn_shape(event_dict)
+        plan, plain_values = shape
+        if not _flat_types(map(type, event_dict.values())) and not _flat_types(
+            map(type, plain_values(event_dict))
+        ):
+            return self._walk_event(event_dict)
+        # The plain keys hold flat values, which _walk_event() leaves alone: what it does to
+        # the other keys (containers too: captured headers and bodies are under free-text
+        # keys), without visiting the plain ones.
+        for key, redact_value in plan:
+            value = event_dict[key]
+            new = redact_value(value)
+            if new is not value:
+                event_dict[key] = new
+        return event_dict
 
-    def plan(self, keys: Iterable[Any]) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
+    def plan(
+        self, keys: Iterable[Any], *, containers: bool = False
+    ) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
         """What this Redactor does to an event with these keys (in this order) whose values
         are all flat (strings, numbers, booleans, None): the keys it looks at, each with the
         function that returns the value to write (the same object when nothing changes).
@@ -951,14 +992,34 @@ class Redactor:
         Applying the plan is exactly what calling the Redactor does on such an event, so a
         caller that knows an event's keys ahead (reqlog's access event, built by the
         middleware) can skip working out its shape on every call. The other keys are left
-        as they are.
+        as they are. With ``containers``, the values may be anything (captured headers and
+        bodies): the plan then names every key, and walks what it holds.
 
         >>> [key for key, _ in Redactor().plan(["request_id", "query", "password", "event"])]
         ['query', 'password', 'event']
         """
         kinds = self._kinds
+        if containers:
+            walking = self._walking_actions()
+            return tuple((key, walking[kinds[key]]) for key in keys)
         actions = {_TEXT: self._text_value, _SECRET: self._mask, _QUERY: self._query_string}
         return tuple((key, actions[kinds[key]]) for key in keys if kinds[key] != _PLAIN)
+
+    def _walking_actions(self) -> dict[int, Callable[[Any], Any]]:
+        """What _walk_event() does to a value, by the kind of its key."""
+        return {
+            _PLAIN: self._walk_plain,
+            _TEXT: self._walk_text,
+            _SECRET: self._mask,
+            _QUERY: self._walk_query,
+        }
+
+    def _walk_plain(self, value: Any) -> Any:
+        # Top-level values under plain keys: strings and numbers as they are, containers walked.
+        cls = type(value)
+        if cls is str or cls in _SCALARS or isinstance(value, str | bytes):
+            return value
+        return self._walk(value, 1)
 
     def _text_value(self, value: Any) -> Any:
         # A message seen before without secrets, or a number, is written as it is.
@@ -971,13 +1032,36 @@ class Redactor:
             return value
         return self.redact_query(value)
 
-    def _learn_shape(self, event_dict: EventDict) -> tuple[tuple[Any, Callable[[Any], Any]], ...]:
-        shape = tuple(event_dict)
-        plan = self.plan(shape)
+    def _walk_text(self, value: Any) -> Any:
+        # _walk(value, 1), with a text known clean returned at once and a dict (captured
+        # headers, a JSON body) walked without the dispatch.
+        cls = type(value)
+        if cls is str:
+            clean = self._clean_text
+            return value if value in clean else self._cached(value, clean, query=False)
+        if cls is dict:
+            return self._walk_mapping(value, 1)
+        return self._walk(value, 1)
+
+    def _walk_query(self, value: Any) -> Any:
+        # _query_value(), with a query string known clean returned at once.
+        if type(value) is str:
+            clean = self._clean_query
+            return value if value in clean else self._cached(value, clean, query=True)
+        return self._query_value(value)
+
+    def _learn_shape(self, event_dict: EventDict) -> _Shape:
+        keys = tuple(event_dict)
+        kinds = self._kinds
+        walking = self._walking_actions()
+        shape = (
+            tuple((key, walking[kinds[key]]) for key in keys if kinds[key] != _PLAIN),
+            _values_getter([key for key in keys if kinds[key] == _PLAIN]),
+        )
         if len(self._shapes) >= _MAX_CACHED_SHAPES:
             self._shapes.clear()
-        self._shapes[shape] = plan
-        return plan
+        self._shapes[keys] = shape
+        return shape
 
     def _walk_event(self, event_dict: EventDict) -> EventDict:
         kinds = self._kinds
@@ -990,7 +1074,7 @@ class Redactor:
                     continue
                 # Top-level fields under other keys (IDs, paths) are not searched; what
                 # they hold in containers is.
-                new = value if isinstance(value, str | bytes) else self._walk(value, 1)
+                new = self._walk_plain(value)
             elif kind == _TEXT:
                 new = self._walk(value, 1)
             elif kind == _SECRET:
@@ -1075,13 +1159,21 @@ class Redactor:
                     result, budget, dropped = _replace(result, found, censor, budget)
                     cut += dropped
         patterns = self._patterns
-        if len(result) <= _GATED_LENGTH and self._gates.isdisjoint(result):
-            patterns = self._ungated  # most short texts: no pattern's gate character in them
+        hintless = None  # the text, while it is known to hold no pattern's hint
+        if len(result) <= _GATED_LENGTH:
+            if self._gates.isdisjoint(result):
+                patterns = self._ungated  # most short texts: no pattern's gate character in them
+            elif self._any_hint is not None and self._any_hint.search(result) is None:
+                hintless = result
         # The hints, inlined: most strings are ruled out by these C-level checks alone, and a
         # method call per pattern and string is a noticeable share of the cost.
         for pattern in patterns:
             hints = pattern.hints
             if hints:
+                if result is hintless:
+                    # Unchanged since it was found to hold none of the hints (a replacement
+                    # makes a new string): the loop below would find none either.
+                    continue
                 for hint in hints:
                     if hint in result:
                         break
@@ -1090,6 +1182,9 @@ class Redactor:
             min_digits = pattern.min_digits
             if min_digits and (len(result) < min_digits or _digits(result) < min_digits):
                 continue
+            needs = pattern.needs
+            if needs is not None and not needs(result):
+                continue  # find() would find nothing: the text stays as it is
             result, budget, dropped = _replace(result, pattern.find(result), censor, budget)
             cut += dropped
         if query and ("%" in result or "+" in result):
@@ -1253,6 +1348,7 @@ class Redactor:
         if depth > self.max_depth:
             return self.censor
         kinds = self._kinds
+        clean = self._clean_text
         out: dict[Any, Any] | None = None
         for key, value in mapping.items():
             kind = kinds[key]
@@ -1260,6 +1356,12 @@ class Redactor:
                 new = self._mask(value)
             elif kind == _QUERY:
                 new = self._query_value(value)
+            elif type(value) is str:
+                # _walk() -> _scan() -> _cached() inline for a text known clean: headers and
+                # small bodies are mostly such texts, and three calls each cost more than that.
+                if value in clean:
+                    continue
+                new = self._cached(value, clean, query=False)  # _scan(), inline
             elif type(value) in _SCALARS:
                 continue
             else:
@@ -1283,11 +1385,18 @@ class Redactor:
                 if masked is seq[1]:
                     return seq
                 return (name, masked) if isinstance(seq, tuple) else [name, masked]
+        clean = self._clean_text
         out: list[Any] | None = None
         for index, item in enumerate(seq):
-            if type(item) in _SCALARS:
+            cls = type(item)
+            if cls is str:
+                if item in clean:  # _walk(), inline for a text known clean (_walk_mapping)
+                    continue
+                new = self._cached(item, clean, query=False)  # _scan(), inline
+            elif cls in _SCALARS:
                 continue
-            new = self._walk(item, depth + 1)
+            else:
+                new = self._walk(item, depth + 1)
             if new is not item:
                 if out is None:
                     out = list(seq)

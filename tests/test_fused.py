@@ -26,6 +26,7 @@ from opentelemetry import trace
 import reqlog
 from reqlog import _emit, context
 from reqlog._access import REQUEST_FIELDS
+from reqlog._foreign import STRUCTLOG_CONTEXT_VARS
 from reqlog._render import JSONRenderer
 from reqlog._state import STATE
 from reqlog.processors import IsoTimeStamper, Redactor
@@ -215,6 +216,20 @@ def test_access_events_are_the_generic_chains_lines(
 # places the one-call path checks (it must hand those over to the generic one).
 request_ids = st.one_of(texts, values)
 strings_or_none = st.one_of(st.none(), texts)
+# What reqlog.bodies.Capture.fields hands over (headers, bodies, sizes), with any values.
+captures = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                *("request_headers", "response_headers", "request_bytes", "request_body"),
+                *("request_body_truncated", "response_body", "response_body_truncated"),
+            ]
+        ),
+        values,
+        max_size=5,
+    ),
+)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
@@ -246,6 +261,7 @@ strings_or_none = st.one_of(st.none(), texts)
     ),
     bound=st.one_of(st.just({}), structlog_vars),
     now=clocks,
+    captured=captures,
 )
 def test_the_common_request_in_one_call_is_the_generic_chains_line(
     lines: Lines,
@@ -260,16 +276,17 @@ def test_the_common_request_in_one_call_is_the_generic_chains_line(
     ctx_fields: dict[str, Any] | None,
     bound: dict[str, Any],
     now: float,
+    captured: dict[str, Any] | None,
 ) -> None:
-    # What the middleware hands over for a request with nothing to add (AccessLog.request)
-    # is the line the generic chain writes for the same nine fields at the table's level.
+    # What the middleware hands over for a request with nothing to add but what it captured
+    # (AccessLog.request) is the line the generic chain writes for the same fields at the
+    # table's level.
     lines.configure(**config)
     access = STATE.access
     assert access is not None
     assert access.fused is not None  # the one-call path is what runs
     method, path, status, duration, http_version = checked
     values_ = [method, path, route, query, status, duration, user_agent, http_version, sent]
-    fields = dict(zip(ACCESS_KEYS, values_, strict=True))
     levels = reqlog.processors.StatusLevels()
     try:
         level = levels(status)
@@ -277,15 +294,84 @@ def test_the_common_request_in_one_call_is_the_generic_chains_line(
         return
     clock.now = now
     token, tokens = _within(ctx_fields, bound)
-    span = trace.NonRecordingSpan(SPAN) if in_span else trace.INVALID_SPAN
     try:
-        with trace.use_span(span):
-            access.request(*values_)
-            fused = lines.take()
-            _emit.emit_access(level, "request_completed", dict(fields))
-            generic = lines.take()
+        fused, generic = _one_call_and_generic(lines, level, values_, captured, in_span)
     finally:
         _without(token, tokens)
+    assert fused == generic
+
+
+def _one_call_and_generic(
+    lines: Lines, level: int, values_: Any, captured: dict[str, Any] | None, in_span: bool
+) -> tuple[bytes, bytes]:
+    """The line of the one-call request (AccessLog.request) and the generic chain's line for
+    the same fields (the nine values, then what was captured)."""
+    access = STATE.access
+    assert access is not None
+    fields = dict(zip(ACCESS_KEYS, values_, strict=True))
+    fields.update(captured or {})
+    span = trace.NonRecordingSpan(SPAN) if in_span else trace.INVALID_SPAN
+    with trace.use_span(span):
+        one_call: Any = access.request
+        one_call(*values_, captured)
+        fused = lines.take()
+        _emit.emit_access(level, "request_completed", fields)
+        generic = lines.take()
+    return fused, generic
+
+
+@pytest.fixture
+def no_structlog_variables() -> Iterator[None]:
+    """structlog's registry of context variables emptied: once a key was bound anywhere in
+    the process, reqlog hands every event to structlog's merge, never to the one-call path."""
+    saved = dict(STRUCTLOG_CONTEXT_VARS)
+    STRUCTLOG_CONTEXT_VARS.clear()
+    try:
+        yield
+    finally:
+        STRUCTLOG_CONTEXT_VARS.update(saved)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values_=st.tuples(
+        texts,
+        texts,
+        texts,
+        texts,
+        st.sampled_from([200, 404, 500]),
+        st.floats(allow_nan=False, allow_infinity=False),
+        strings_or_none,
+        st.sampled_from(["1.1", "2", None]),
+        st.integers(min_value=0, max_value=2**40),
+    ),
+    captured=captures.filter(lambda captured: captured is not None),
+    ctx_fields=st.fixed_dictionaries({"request_id": texts, "client_ip": strings_or_none}),
+    in_span=st.booleans(),
+)
+def test_a_captured_request_in_one_call_is_the_generic_chains_line(
+    lines: Lines,
+    clock: _Frozen,
+    no_structlog_variables: None,
+    config: dict[str, Any],
+    values_: tuple[Any, ...],
+    captured: dict[str, Any],
+    ctx_fields: dict[str, Any],
+    in_span: bool,
+) -> None:
+    # Headers and bodies captured (their keys in any order, any values, secrets among them)
+    # take the one-call path; the line is the generic chain's for the same fields.
+    lines.configure(**config)
+    access = STATE.access
+    assert access is not None
+    assert access.fused is not None  # the one-call path is what runs
+    level = reqlog.processors.StatusLevels()(values_[4])
+    token = context.CURRENT.set(context.RequestContext(dict(ctx_fields), None))
+    try:
+        fused, generic = _one_call_and_generic(lines, level, values_, captured, in_span)
+    finally:
+        context.CURRENT.reset(token)
     assert fused == generic
 
 

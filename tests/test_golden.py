@@ -550,6 +550,15 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "body_max_bytes": 64,
         },
     ),
+    "json-capture-processors": (
+        {"format": "json", "processors": [_upper_keys]},
+        {
+            "log_request_body": True,
+            "log_response_body": True,
+            "log_headers": True,
+            "body_max_bytes": 64,
+        },
+    ),
     "json-proxies": (
         {"format": "json", "redact": False},
         {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": "Forwarded"},

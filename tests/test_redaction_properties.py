@@ -10,15 +10,17 @@ import string
 import time
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reqlog.processors import (
     BASIC_CREDENTIALS,
     BEARER_TOKEN,
     CARD_NUMBER,
+    DEFAULT_PATTERNS,
     Redactor,
     _find_card_numbers,
+    _holds_card_number,
     _ValuePattern,
 )
 from tests.redaction_corpus import SECRETS, leaked
@@ -125,12 +127,14 @@ def test_a_text_packed_with_names_is_cut_the_same_way_whatever_the_caches_hold(
 card_text = st.text(alphabet=st.sampled_from("0123456789 -aZ.é"), max_size=80)
 
 
+@example(value="id 4111-1111 1111-1 ok")  # the shortest card number, with separators
 @given(value=card_text)
 def test_the_card_search_finds_what_card_number_matches(value: str) -> None:
     # Card numbers are searched in a copy of the text mapped to character classes, for speed:
     # it must find exactly the spans the documented pattern finds.
     fast = [(start, end) for start, end, _ in _find_card_numbers(value)]
     assert fast == [match.span() for match in CARD_NUMBER.finditer(value)]
+    assert _holds_card_number(value) == bool(fast)  # the check that lets a text skip it
 
 
 scheme_text = st.text(alphabet=st.sampled_from("BbEeAaRrSsIiCc QWx=+/_.-~%9\t\n"), max_size=60)
@@ -193,3 +197,73 @@ def test_text_built_from_pattern_prefixes_is_redacted_in_linear_time(pieces: lis
         return best
 
     assert cost(hostile) < 20 * cost(benign) + 0.03
+
+
+class _Text(str):
+    """A str subclass: the Redactor walks it like a str, whatever the key."""
+
+
+_EVENT_KEYS = [
+    *("event", "request_headers", "response_body", "query", "password", "authorization"),
+    *("request_id", "path", "user", "n"),
+]
+_leaves = (
+    text
+    | secrets.map(lambda secret: secret[1])
+    | st.integers()
+    | st.none()
+    | st.booleans()
+    | text.map(_Text)
+    | text.map(str.encode)
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.sampled_from(_EVENT_KEYS) | text, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(events=st.lists(st.dictionaries(st.sampled_from(_EVENT_KEYS), _values), max_size=4))
+def test_the_planned_event_is_the_walked_event(events: list[dict[str, Any]]) -> None:
+    """The Redactor's plan per key tuple (which skips plain keys with flat values) does to
+    an event exactly what walking it key by key does, whatever shapes it saw before."""
+    planned, walking = Redactor(), Redactor()
+    for event in events:
+        walked = walking._walk_event(dict(event))
+        for _ in range(2):  # the shape learned, then the shape known
+            assert planned(None, "info", dict(event)) == walked
+        # and the plan a caller applies itself (reqlog's access event with capture fields)
+        applied = dict(event)
+        for key, redact_value in planned.plan(event, containers=True):
+            applied[key] = redact_value(applied[key])
+        assert applied == walked
+
+
+_short_texts = st.lists(
+    text | st.sampled_from(_PREFIXES) | secrets.map(lambda secret: secret[1]), max_size=5
+).map("".join)
+
+
+@example(value="4111111111111111.p@", censor="://u:", extra=(), reverse=True)
+@given(
+    value=_short_texts,
+    censor=st.sampled_from(["[REDACTED]", "eyJ", "://", "://u:", "4111111111111", "AKIA"]),
+    extra=st.sampled_from([(), (r"tok[0-9]+",), (r"x",)]),
+    reverse=st.booleans(),
+)
+def test_the_one_search_for_every_hint_never_skips_a_match(
+    value: str, censor: str, extra: tuple[str, ...], reverse: bool
+) -> None:
+    """A short text with none of the patterns' hints skips the hinted patterns after one
+    search: the result is the one checking each hint gives, with censors and patterns (the
+    card number's before the others') that can bring a hint into the text mid-way."""
+    patterns = DEFAULT_PATTERNS[::-1] if reverse else DEFAULT_PATTERNS
+    fast = Redactor(censor=censor, patterns=patterns, extra_patterns=extra)
+    slow = Redactor(censor=censor, patterns=patterns, extra_patterns=extra)
+    slow._any_hint = None  # each hint checked on its own, as before the one search
+    for query in (False, True):
+        assert fast._search(value, query=query) == slow._search(value, query=query)
