@@ -35,6 +35,8 @@ CHECK_FEW, CHECK_MANY = 2_000, 102_000
 _COLLECTED = re.compile(r"Collected : (\d+)")
 HERE = Path(__file__).resolve()
 
+# A copy of bench_events.ACCESS, on purpose: the driven process runs this file alone (with
+# PYTHONPATH at another checkout under --against) and counts every instruction it executes.
 ACCESS: dict[str, Any] = {
     "method": "GET",
     "path": "/items/42",
