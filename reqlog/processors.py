@@ -1152,7 +1152,7 @@ class Redactor:
             reverse = result[::-1].replace(":", "=")
             names = self._assignment_names.findall(reverse)
             if names:
-                kinds = list(map(self._reversed_kinds.get, names))  # None: never seen
+                kinds = set(map(self._reversed_kinds.get, set(names)))  # None: never seen
                 if _SECRET in kinds or None in kinds:
                     values = self._query_values if query else self._text_values
                     found = self._find_assignments(result, names, budget, values)
@@ -1204,17 +1204,22 @@ class Redactor:
         where the next one first appears) and looks at the occurrences of secret names only.
         Where the cut falls depends on the text alone, never on what the caches hold.
         """
+        total = len(names)
         in_order = names[::-1]
         distinct = dict.fromkeys(in_order)
         classify = self._reversed_kinds.__getitem__
         kind_of = {name: classify(name) for name in islice(distinct, budget)}
-        kinds = list(map(kind_of.get, in_order))  # None: a name past the cut
-        stop = len(kinds) if len(distinct) <= budget else kinds.index(None)
-        secrets = list(compress(count(), map(_SECRETS.__contains__, kinds)))
+        # The cut: the first occurrence of the first name past the budget.
+        past = next(islice(distinct, budget, None), None)
+        stop = total if past is None else in_order.index(past)
+        # Where the secret names stand (a name past the cut is None: not a secret); only the
+        # first budget + 1 of them can matter, so the rest is never looked at.
+        is_secret = map(_SECRETS.__contains__, map(kind_of.get, in_order))
+        secrets = list(islice(compress(count(), is_secret), budget + 1))
         if len(secrets) > budget:  # the budget runs out on a finding: no need to go past it
             stop = min(stop, secrets[budget] + 1)
-        wanted = stop + 1 if stop < len(kinds) else stop
-        starts = self._assignment_starts(text, wanted, len(kinds))
+        wanted = stop + 1 if stop < total else stop
+        starts = self._assignment_starts(text, wanted, total)
         censor = self.censor
         last = 0
         for index in secrets:
@@ -1231,7 +1236,7 @@ class Redactor:
                 continue
             yield start, end, True
             last = end
-        if stop < len(kinds):
+        if stop < total:
             yield max(starts[stop][0], last), 0, None  # cut here: too many names to look at
 
     def _assignment_starts(self, text: str, wanted: int, total: int) -> list[tuple[int, int]]:
