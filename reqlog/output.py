@@ -609,15 +609,16 @@ class Output:
         lock.acquire()
         try:
             ends = self._ends
-            count = len(ends)
-            if not self._usual or (
-                count
-                and (count >= self._soft_limit or len(self._buf) + len(line) > self._soft_bytes)
+            buf = self._buf
+            # _write_unusual() checks these again, and takes a first line of any size.
+            if (
+                not self._usual
+                or len(ends) >= self._soft_limit
+                or len(buf) + len(line) > self._soft_bytes
             ):
                 self._write_unusual(line, level)
                 return
             self.accepted += 1
-            buf = self._buf
             buf += line
             ends.append(len(buf))
             if self._idle:
@@ -1071,6 +1072,8 @@ def _chunks(ends: array[int], limit: int) -> list[tuple[int, int, int, int]]:
     (first line, last line + 1, first byte, last byte + 1) of each. Each chunk's end is found
     by bisection: the cost grows with the chunks, not with the lines of a large batch."""
     count = len(ends)
+    if count and ends[-1] <= limit:  # the usual batch: one chunk
+        return [(0, count, 0, ends[-1])]
     chunks: list[tuple[int, int, int, int]] = []
     first = start = 0
     while first < count:
