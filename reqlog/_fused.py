@@ -157,10 +157,10 @@ class FusedChain:
     def _merged(self, logger: OutputLogger, method: str, level: str, event_dict: Any) -> Any:
         """The chain after the request's context was merged (``level``: the name
         ``add_log_level`` writes for ``method``): the line."""
-        record = event_dict.get("_record")
-        event_dict["logger"] = (
-            logger.name if record is None or not isinstance(record, _LogRecord) else record.name
-        )
+        if "_record" in event_dict and isinstance(event_dict["_record"], _LogRecord):
+            event_dict["logger"] = event_dict["_record"].name
+        else:
+            event_dict["logger"] = logger.name
         event_dict["level"] = level
         event_dict["timestamp"] = self.stamp()
         service = self.service

@@ -151,12 +151,8 @@ class StreamSink(Sink):
             raise BrokenPipeError(errno.EPIPE, msg)
         fd = self._fd
         if fd is None:
-            stream = self.stream
-            assert stream is not None
-            if self._text:
-                stream.write(data.decode("utf-8", "replace"))
-            else:
-                stream.write(data)
+            stream: Any = self.stream  # not None: broken otherwise
+            stream.write(data.decode("utf-8", "replace") if self._text else data)
             stream.flush()
             return
         try:
@@ -595,6 +591,9 @@ class Output:
         self._usual = False
         if background:
             _BACKGROUND.add(self)
+        else:
+            # write() is _write_now() itself: one call per event instead of two.
+            self.write = self._write_now  # type: ignore[method-assign]
 
     # -- the caller's side ---------------------------------------------------------------------
 
@@ -687,8 +686,12 @@ class Output:
         if self._idle:
             self._wake_writer()
 
-    def _write_now(self, line: bytes) -> None:
-        with self._lock:
+    def _write_now(self, line: bytes, level: int = _INFO) -> None:
+        # Every event of a synchronous output takes this path: the lock by acquire()/release(),
+        # as in write().
+        lock = self._lock
+        lock.acquire()
+        try:
             self.accepted += 1
             ok = True
             for sink in self.sinks:
@@ -703,6 +706,8 @@ class Output:
                 self.written += 1
             else:
                 self.dropped += 1
+        finally:
+            lock.release()
 
     def report(self, key: str, what: str) -> None:
         """Report a logging failure (not a sink's) on stderr, rate-limited per key."""
