@@ -285,20 +285,11 @@ class FusedChain:
                     "timestamp": self.stamp(),
                 }
             else:
-                event_dict = {
-                    _RID: rid,
-                    _IP: ip,
-                    "method": method,
-                    "path": path,
-                    "route": route,
-                    "query": query,
-                    "status_code": status,
-                    "duration_ms": duration,
-                    "user_agent": user_agent,
-                    "http_version": http_version,
-                    "response_bytes": sent,
-                    **captured,
-                }
+                # With capture on, the literal above's first eleven keys, then the captured ones.
+                first = (method, path, route, query, status, duration, user_agent)
+                event_dict = {_RID: rid, _IP: ip}
+                event_dict.update(zip(REQUEST_FIELDS, (*first, http_version, sent), strict=True))
+                event_dict.update(captured)
                 event_dict["event"] = "request_completed"
                 event_dict["logger"] = ACCESS_LOGGER
                 event_dict["level"] = name
