@@ -157,10 +157,10 @@ class FusedChain:
     def _merged(self, logger: OutputLogger, method: str, level: str, event_dict: Any) -> Any:
         """The chain after the request's context was merged (``level``: the name
         ``add_log_level`` writes for ``method``): the line."""
-        record = event_dict.get("_record")
-        event_dict["logger"] = (
-            logger.name if record is None or not isinstance(record, _LogRecord) else record.name
-        )
+        if "_record" in event_dict and isinstance(event_dict["_record"], _LogRecord):
+            event_dict["logger"] = event_dict["_record"].name
+        else:
+            event_dict["logger"] = logger.name
         event_dict["level"] = level
         event_dict["timestamp"] = self.stamp()
         service = self.service
@@ -236,27 +236,26 @@ class FusedChain:
             return
         ctx = _CURRENT.get()
         processors = self.processors
-        common = not (
-            ctx is None
-            or STRUCTLOG_CONTEXT_VARS
-            or STATE.captures
-            or not processors
-            or processors[-1] is not self.renderer
-        )
-        if common:
-            assert ctx is not None
+        if (
+            ctx is not None
+            and not (STRUCTLOG_CONTEXT_VARS or STATE.captures)
+            and processors
+            and processors[-1] is self.renderer
+        ):
             if ctx.user_pending and "user" in ctx.scope:
                 ctx.resolve_user()
             ctx_fields = ctx.fields
             common = len(ctx_fields) == 2
-        if common:
-            (rid_key, rid), (ip_key, ip) = ctx_fields.items()
-            common = (
-                rid_key == _RID
-                and ip_key == _IP
-                and (type(rid), type(ip), type(method), type(path), type(status), type(duration),
-                     type(http_version)) in _FLAT_REQUEST
-            )  # fmt: skip
+            if common:
+                (rid_key, rid), (ip_key, ip) = ctx_fields.items()
+                common = (
+                    rid_key == _RID
+                    and ip_key == _IP
+                    and (type(rid), type(ip), type(method), type(path), type(status),
+                         type(duration), type(http_version)) in _FLAT_REQUEST
+                )  # fmt: skip
+        else:
+            common = False
         if not common:
             values = (method, path, route, query, status, duration, user_agent, http_version, sent)
             fields = dict(zip(REQUEST_FIELDS, values, strict=True))
@@ -266,49 +265,64 @@ class FusedChain:
             return
         name = METHOD_NAMES.get(level) or logging.getLevelName(level).lower()
         try:
-            event_dict: Any = {
-                _RID: rid,
-                _IP: ip,
-                "method": method,
-                "path": path,
-                "route": route,
-                "query": query,
-                "status_code": status,
-                "duration_ms": duration,
-                "user_agent": user_agent,
-                "http_version": http_version,
-                "response_bytes": sent,
-            }
-            size = self.request_size
-            if captured is not None:
+            if captured is None:
+                # The whole event in one literal: built at its final size, no resizing.
+                event_dict: Any = {
+                    _RID: rid,
+                    _IP: ip,
+                    "method": method,
+                    "path": path,
+                    "route": route,
+                    "query": query,
+                    "status_code": status,
+                    "duration_ms": duration,
+                    "user_agent": user_agent,
+                    "http_version": http_version,
+                    "response_bytes": sent,
+                    "event": "request_completed",
+                    "logger": ACCESS_LOGGER,
+                    "level": name,
+                    "timestamp": self.stamp(),
+                }
+            else:
+                # With capture on, the literal above's first eleven keys, then the captured ones.
+                first = (method, path, route, query, status, duration, user_agent)
+                event_dict = {_RID: rid, _IP: ip}
+                event_dict.update(zip(REQUEST_FIELDS, (*first, http_version, sent), strict=True))
                 event_dict.update(captured)
-                size += len(captured)
-            event_dict["event"] = "request_completed"
-            event_dict["logger"] = ACCESS_LOGGER
-            event_dict["level"] = name
-            event_dict["timestamp"] = self.stamp()
-            if self.service is not None:
-                event_dict["service"] = self.service
-            if self.trace_guard is not None and self.trace_guard():
+                event_dict["event"] = "request_completed"
+                event_dict["logger"] = ACCESS_LOGGER
+                event_dict["level"] = name
+                event_dict["timestamp"] = self.stamp()
+            service = self.service
+            if service is not None:
+                event_dict["service"] = service
+            trace_guard = self.trace_guard
+            if trace_guard is not None and trace_guard():
                 assert self.trace is not None
                 event_dict = self.trace(ACCESS, name, event_dict)
             redactor = self.redactor
             if redactor is not None:
-                if len(event_dict) == size:
+                size = self.request_size
+                if captured is not None:
+                    size += len(captured)
+                if len(event_dict) != size:  # trace IDs were added: the Redactor's own walk
+                    event_dict = redactor(ACCESS, name, event_dict)
+                else:
                     # Every value flat (checked or made so), the keys request_keys: what the
                     # Redactor does to such an event is its plan; and what it does to the
                     # capture fields, its plan for their keys.
-                    plans = [self.request_plan]
+                    for key, redact_value in self.request_plan:
+                        value = event_dict[key]
+                        new = redact_value(value)
+                        if new is not value:
+                            event_dict[key] = new
                     if captured is not None:
-                        plans.append(self._captured_plan(redactor, tuple(captured)))
-                    for plan in plans:
-                        for key, redact_value in plan:
+                        for key, redact_value in self._captured_plan(redactor, tuple(captured)):
                             value = event_dict[key]
                             new = redact_value(value)
                             if new is not value:
                                 event_dict[key] = new
-                else:  # trace IDs were added
-                    event_dict = redactor(ACCESS, name, event_dict)
             line: Any = self.render(ACCESS, name, event_dict)
         except _DropEvent:
             return

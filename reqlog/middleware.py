@@ -200,13 +200,14 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
         client_ip = peer[0] if peer else None
         exchange = _Exchange(self, scope, receive, send, start, id_bytes, user_agent, path)
         if excluded:
-            exchange.excluded = True
+            exchange.excluded = exchange.odd = True
         if rejected:
-            exchange.rejected = True
+            exchange.rejected = exchange.odd = True
         if self._proxies is not None:
             forwarded = self._proxies.resolve(peer, headers)
             if forwarded is not None:
                 exchange.forwarded = forwarded
+                exchange.odd = True
                 client_ip = forwarded.ip
         if self._capture is not None and not excluded and self._capture.applies(path):
             capture = exchange.capture = bodies.Capture(
@@ -253,7 +254,7 @@ class RequestLoggingMiddleware(metaclass=_FailsAtStartup):
                 raise
             traceback = exc.__traceback__
             if not exchange.started:
-                exchange.failing = True
+                exchange.failing = exchange.odd = True
                 await send_error_response(exchange.app_at_entry, exc, scope, receive, exchange.send)
             self._failed(
                 exc.with_traceback(traceback),
@@ -548,6 +549,9 @@ class _Exchange(context.RequestContext):
     class attribute, so that a request sets only what is its own.
     """
 
+    # True once any of the attributes below that make a request unusual is set (excluded,
+    # rejected, forwarded, failing, disconnected, ahead): send() then takes the long way.
+    odd = False
     # Set by the middleware when they apply.
     excluded = False
     rejected = False
@@ -606,7 +610,7 @@ class _Exchange(context.RequestContext):
             finally:
                 self.reading -= 1
         if message["type"] == "http.disconnect":
-            self.disconnected = True
+            self.disconnected = self.odd = True
         return message
 
     def watch(self) -> None:
@@ -622,6 +626,7 @@ class _Exchange(context.RequestContext):
             and not expects_continue(self.scope)
         ):
             self.ahead = ReadAhead(self.server_receive)
+            self.odd = True
 
     async def send(self, message: Message) -> None:
         message_type = message["type"]
@@ -629,7 +634,7 @@ class _Exchange(context.RequestContext):
             message = with_header(message, self.middleware._header_key, self.id_bytes)
             self.status = message["status"]
             self.started = True
-            if self.disconnected or (self.ahead is not None and self.ahead.disconnected):
+            if self.odd and self.gone():
                 self.gone_before_start = True
             final = False
         elif message_type == "http.response.body":
@@ -650,17 +655,12 @@ class _Exchange(context.RequestContext):
             # the last byte, before any background task the app runs after it.
             self.complete = True
             self.end = self.middleware._clock()
-            if self.excluded or self.failing:
-                return
-            if self.disconnected or (self.ahead is not None and self.ahead.disconnected):
-                self.middleware._disconnected(self.access_fields(), not self.gone_before_start)
+            if self.odd:
+                self._finished_odd()
                 return
             access = _state.STATE.access
             if access is None:
                 access = _access_log()
-            if self.forwarded is not None or self.rejected:
-                access.completed(self.access_fields())
-                return
             # The common request: its nine fields, handed over without a dict
             # (access_fields()), and what was captured.
             scope = self.scope
@@ -679,6 +679,15 @@ class _Exchange(context.RequestContext):
                 self.sent,
                 None if self.capture is None else self.capture.fields(_state.report),
             )
+
+    def _finished_odd(self) -> None:
+        """The last byte went out for a request that is not the common case (``odd``)."""
+        if self.excluded or self.failing:
+            return
+        if self.gone():
+            self.middleware._disconnected(self.access_fields(), not self.gone_before_start)
+            return
+        _access_log().completed(self.access_fields())
 
     def access_fields(self) -> dict[str, Any]:
         """The access event's fields, as the request stands."""

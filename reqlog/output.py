@@ -151,12 +151,8 @@ class StreamSink(Sink):
             raise BrokenPipeError(errno.EPIPE, msg)
         fd = self._fd
         if fd is None:
-            stream = self.stream
-            assert stream is not None
-            if self._text:
-                stream.write(data.decode("utf-8", "replace"))
-            else:
-                stream.write(data)
+            stream: Any = self.stream  # not None: broken otherwise
+            stream.write(data.decode("utf-8", "replace") if self._text else data)
             stream.flush()
             return
         try:
@@ -595,6 +591,9 @@ class Output:
         self._usual = False
         if background:
             _BACKGROUND.add(self)
+        else:
+            # write() is _write_now() itself: one call per event instead of two.
+            self.write = self._write_now  # type: ignore[method-assign]
 
     # -- the caller's side ---------------------------------------------------------------------
 
@@ -609,15 +608,16 @@ class Output:
         lock.acquire()
         try:
             ends = self._ends
-            count = len(ends)
-            if not self._usual or (
-                count
-                and (count >= self._soft_limit or len(self._buf) + len(line) > self._soft_bytes)
+            buf = self._buf
+            # _write_unusual() checks these again, and takes a first line of any size.
+            if (
+                not self._usual
+                or len(ends) >= self._soft_limit
+                or len(buf) + len(line) > self._soft_bytes
             ):
                 self._write_unusual(line, level)
                 return
             self.accepted += 1
-            buf = self._buf
             buf += line
             ends.append(len(buf))
             if self._idle:
@@ -686,8 +686,12 @@ class Output:
         if self._idle:
             self._wake_writer()
 
-    def _write_now(self, line: bytes) -> None:
-        with self._lock:
+    def _write_now(self, line: bytes, level: int = _INFO) -> None:
+        # Every event of a synchronous output takes this path: the lock by acquire()/release(),
+        # as in write().
+        lock = self._lock
+        lock.acquire()
+        try:
             self.accepted += 1
             ok = True
             for sink in self.sinks:
@@ -702,6 +706,8 @@ class Output:
                 self.written += 1
             else:
                 self.dropped += 1
+        finally:
+            lock.release()
 
     def report(self, key: str, what: str) -> None:
         """Report a logging failure (not a sink's) on stderr, rate-limited per key."""
@@ -1071,6 +1077,8 @@ def _chunks(ends: array[int], limit: int) -> list[tuple[int, int, int, int]]:
     (first line, last line + 1, first byte, last byte + 1) of each. Each chunk's end is found
     by bisection: the cost grows with the chunks, not with the lines of a large batch."""
     count = len(ends)
+    if count and ends[-1] <= limit:  # the usual batch: one chunk
+        return [(0, count, 0, ends[-1])]
     chunks: list[tuple[int, int, int, int]] = []
     first = start = 0
     while first < count:

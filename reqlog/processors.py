@@ -1037,8 +1037,9 @@ class Redactor:
         # headers, a JSON body) walked without the dispatch.
         cls = type(value)
         if cls is str:
-            clean = self._clean_text
-            return value if value in clean else self._cached(value, clean, query=False)
+            if value in self._clean_text:
+                return value
+            return self._cached(value, self._clean_text, query=False)
         if cls is dict:
             return self._walk_mapping(value, 1)
         return self._walk(value, 1)
@@ -1581,8 +1582,9 @@ class IsoTimeStamper:
 
     def __init__(self, key: str = "timestamp") -> None:
         self.key = key
-        # The second (its decimal digits) whose date and time are formatted, and that text.
-        self._cache: tuple[str, str] = ("", "")
+        # The second (its decimal digits) whose date and time are formatted, and that text;
+        # never the "" that the digits of a time before the first second leave (stamp()).
+        self._cache: tuple[str, str] = ("x", "")
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         event_dict[self.key] = self.stamp()
@@ -1597,14 +1599,14 @@ class IsoTimeStamper:
         specification: the same text as dividing, for about half the work.
         """
         micros = round(time.time() * 1_000_000)
-        if micros < 1_000_000:  # before 1970-01-01T00:00:01: the fraction needs arithmetic
-            whole, micro = divmod(micros, 1_000_000)
-            start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-            return f"{start}.{micro:06d}Z" if micro else f"{start}Z"
         digits = f"{micros}"
         second = digits[:-6]
         cached_second, prefix = self._cache
         if second != cached_second:
+            if micros < 1_000_000:  # before 1970-01-01T00:00:01: the fraction needs arithmetic
+                whole, micro = divmod(micros, 1_000_000)
+                start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+                return f"{start}.{micro:06d}Z" if micro else f"{start}Z"
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(second)))
             self._cache = (second, prefix)
         fraction = digits[-6:]
