@@ -598,10 +598,11 @@ class Output:
     # -- the caller's side ---------------------------------------------------------------------
 
     def write(self, line: bytes, level: int = _INFO) -> None:
-        """Accept one rendered line; ``level`` decides what goes first when the queue fills."""
-        if not self.background:
-            self._write_now(line)
-            return
+        """Accept one rendered line; ``level`` decides what goes first when the queue fills.
+
+        This is the background writer's side; a synchronous output's ``write`` is
+        :meth:`_write_now` (bound in ``__init__``).
+        """
         # Every event takes this path: the lock by acquire()/release() (half the cost of a
         # with statement), and one flag for the rare states (see _write_unusual).
         lock = self._lock
